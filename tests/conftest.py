@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from tests.broker import kafka_broker
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap():
+    with kafka_broker() as (bootstrap, _kind):
+        yield bootstrap
+
+
+@pytest.fixture
+def unique() -> str:
+    """A suffix for topic and group names so tests sharing one broker never collide."""
+    return uuid.uuid4().hex[:10]
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]] | Callable[[], bool],
+    *,
+    timeout: float = 20.0,
+    interval: float = 0.02,
+    what: str = "condition",
+):
+    """Wait on a condition with a deadline (never a bare sleep as synchronisation)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    # A skipped test is not coverage: the run fails when anything was skipped.
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None and reporter.stats.get("skipped") and exitstatus == 0:
+        session.exitstatus = 1
