@@ -1,0 +1,41 @@
+"""Consumed positions stored in the projection's own database, in the same transaction as the
+state they produced (the `eventsourcing` library's tracking records): a projection applies each
+event's effect exactly once however often the log delivers it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiosqlite
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tracking (
+    topic TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL,
+    PRIMARY KEY (topic, partition)
+);
+"""
+
+
+async def connect(path: Path, schema: str) -> aiosqlite.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = await aiosqlite.connect(path, isolation_level=None, timeout=30)
+    await conn.execute("PRAGMA journal_mode=WAL")
+    await conn.execute("PRAGMA synchronous=FULL")
+    await conn.executescript(SCHEMA + schema)
+    return conn
+
+
+async def load(conn: aiosqlite.Connection, topic: str) -> dict[int, int]:
+    async with conn.execute(
+        "SELECT partition, next_offset FROM tracking WHERE topic = ?", (topic,)
+    ) as cur:
+        return {p: o for p, o in await cur.fetchall()}
+
+
+async def save(conn: aiosqlite.Connection, topic: str, positions: dict[int, int]) -> None:
+    """Call inside the transaction that writes the state."""
+    await conn.executemany(
+        "INSERT INTO tracking (topic, partition, next_offset) VALUES (?, ?, ?) "
+        "ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
+        [(topic, p, o) for p, o in positions.items()],
+    )

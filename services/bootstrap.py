@@ -1,0 +1,187 @@
+"""Composition root: builds and wires every part of a process from Settings. Nothing runs at
+import time; each `run_*` runs until `stop` is set."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import httpx
+import uvicorn
+
+from events import model
+from events.kafka_log import KafkaEventLog
+from events.log import EventLog
+from events.sqlite_log import SqliteEventLog
+from projections.operations import OperationsStore
+from projections.records import RecordIndex
+from projections.runner import ProjectionRunner
+from services import keys
+from services.api.app import Api, create_app
+from services.api.auth import ServiceAuth
+from services.api.lexicon import Lexicons
+from services.identity import DidResolver
+from services.settings import Settings
+from services.workers import did_sync, not_yet, pds_scan
+from services.workers.context import Services
+from services.workers.runner import Handler, WorkerService
+from services.workers.xrpc_client import XrpcClient
+
+log = logging.getLogger(__name__)
+
+HANDLERS: dict[str, Handler] = {
+    "didSync": did_sync.run,
+    "pdsScan": pds_scan.run,
+    "freshnessScan": not_yet.run,
+    "citationExtraction": not_yet.run,
+    "fullReindex": not_yet.run,
+    "governanceSync": not_yet.run,
+}
+assert set(HANDLERS) == set(model.BACKFILL_TYPES)
+
+
+def make_log(settings: Settings) -> EventLog:
+    if settings.event_log == "kafka":
+        return KafkaEventLog(
+            settings.kafka_bootstrap_servers,
+            settings.partitions,
+            replication_factor=settings.kafka_replication,
+            enable_idempotence=settings.kafka_idempotence,
+            session_timeout_ms=settings.kafka_session_timeout_ms,
+            heartbeat_interval_ms=settings.kafka_heartbeat_ms,
+        )
+    return SqliteEventLog(settings.data_dir / "events.db", settings.partitions)
+
+
+@contextlib.asynccontextmanager
+async def open_log(settings: Settings) -> AsyncIterator[EventLog]:
+    event_log = make_log(settings)
+    await event_log.start()
+    try:
+        await event_log.ensure_topics([model.OPERATIONS_TOPIC, model.RECORDS_TOPIC])
+        yield event_log
+    finally:
+        await event_log.close()
+
+
+def local_admin_key(settings: Settings) -> keys.PrivateKey:
+    return keys.load_or_create(settings.data_dir / "admin-key.pem")
+
+
+def admin_dids(settings: Settings) -> frozenset[str]:
+    """CHIVE_ADMIN_DIDS, or when unset the local admin key that `chive-backfill token` uses."""
+    if settings.admin_dids:
+        return frozenset(settings.admin_dids)
+    return frozenset({local_admin_key(settings).public.did_key()})
+
+
+async def run_api(
+    settings: Settings,
+    event_log: EventLog,
+    stop: asyncio.Event,
+    on_ready: Callable[[int], Awaitable[None]] | None = None,
+) -> None:
+    store = OperationsStore(settings.data_dir / "api-operations.db")
+    await store.open()
+    projection = ProjectionRunner(event_log, store, "operations")
+    async with httpx.AsyncClient(follow_redirects=False) as http:
+        auth = ServiceAuth(
+            DidResolver(http, settings.plc_url), settings.service_did, admin_dids(settings)
+        )
+        app = create_app(Api(event_log, store, projection), Lexicons.load(), auth)
+        server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host=settings.host,
+                port=settings.port,
+                lifespan="off",
+                log_level="warning",
+                access_log=False,
+            )
+        )
+        tasks = [asyncio.create_task(projection.run(stop)), asyncio.create_task(server.serve())]
+
+        async def stopper() -> None:
+            await stop.wait()
+            server.should_exit = True
+
+        tasks.append(asyncio.create_task(stopper()))
+        try:
+            while not server.started:
+                if tasks[1].done():
+                    await tasks[1]
+                    raise RuntimeError(f"API could not listen on {settings.host}:{settings.port}")
+                await asyncio.sleep(0.01)
+            port = server.servers[0].sockets[0].getsockname()[1]
+            log.info("API listening on http://%s:%s", settings.host, port)
+            if on_ready is not None:
+                await on_ready(port)
+            await _until_first_done(tasks, stop)
+        finally:
+            server.should_exit = True
+            await _cancel(tasks)
+            await store.close()
+
+
+async def run_workers(
+    settings: Settings, event_log: EventLog, types: list[str], stop: asyncio.Event
+) -> None:
+    async with httpx.AsyncClient(follow_redirects=True) as http:
+        services = Services(event_log, XrpcClient(http), DidResolver(http, settings.plc_url))
+        workers = [WorkerService(t, HANDLERS[t], services) for t in types]
+        tasks = [
+            asyncio.create_task(w.run(stop), name=f"worker-{w.backfill_type}") for w in workers
+        ]
+        try:
+            await _until_first_done(tasks, stop)
+        finally:
+            await _cancel(tasks)
+
+
+async def run_projector(settings: Settings, event_log: EventLog, stop: asyncio.Event) -> None:
+    index = RecordIndex(settings.data_dir / "records.db")
+    await index.open()
+    try:
+        await ProjectionRunner(event_log, index, "records").run(stop)
+    finally:
+        await index.close()
+
+
+async def run_all(
+    settings: Settings,
+    stop: asyncio.Event,
+    on_ready: Callable[[int], Awaitable[None]] | None = None,
+) -> None:
+    """Everything in one process on one log: the embedded default of `chive-backfill up`."""
+    async with open_log(settings) as event_log:
+        tasks = [
+            asyncio.create_task(run_api(settings, event_log, stop, on_ready)),
+            asyncio.create_task(run_workers(settings, event_log, list(HANDLERS), stop)),
+            asyncio.create_task(run_projector(settings, event_log, stop)),
+        ]
+        try:
+            await _until_first_done(tasks, stop)
+        finally:
+            await _cancel(tasks)
+
+
+async def _until_first_done(tasks: list[asyncio.Task], stop: asyncio.Event) -> None:
+    """Return when stop is set; if a part exits first, stop the rest and raise its error."""
+    stopper = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    for task in done:
+        if task is not stopper and not stop.is_set():
+            stop.set()
+            exc = task.exception()
+            if exc is not None:
+                raise exc
+            raise RuntimeError(f"{task.get_name()} exited unexpectedly")
+
+
+async def _cancel(tasks: list[asyncio.Task]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,138 @@
+"""`chive-backfill`: run the service (all in one, or one part per process) and inspect it."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+
+import msgspec
+
+from events import model
+from services import bootstrap, keys
+from services.settings import SettingsError, load
+
+METHODS = (
+    "pub.chive.admin.triggerBackfill",
+    "pub.chive.admin.getBackfillStatus",
+    "pub.chive.admin.getBackfillHistory",
+    "pub.chive.admin.cancelBackfill",
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chive-backfill", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="API, all six workers and the projector in one process")
+    sub.add_parser("api", help="the XRPC API (with its operations projection)")
+    worker = sub.add_parser("worker", help="the worker service of one backfill type")
+    worker.add_argument("type", choices=model.BACKFILL_TYPES)
+    sub.add_parser("projector", help="the record index projection")
+    events = sub.add_parser("events", help="events as JSON lines, in log order (audit view)")
+    events.add_argument("--operation", help="only this operation's events")
+    events.add_argument("--records", action="store_true", help="the records topic instead")
+    records = sub.add_parser("records", help="the record index")
+    records.add_argument("action", choices=["stats"])
+    token = sub.add_parser("token", help="mint a service-auth JWT signed by the local admin key")
+    token.add_argument("--lxm", default=None, help="method NSID (default: every admin method)")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds the token is valid")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load()
+    except SettingsError as exc:
+        print(f"chive-backfill: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.command == "token":
+        return _token(settings, args)
+    return asyncio.run(_async_main(settings, args))
+
+
+async def _async_main(settings, args) -> int:
+    if args.command == "events":
+        return await _events(settings, args)
+    if args.command == "records":
+        return await _records(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if args.command == "up":
+        await bootstrap.run_all(settings, stop)
+        return 0
+    async with bootstrap.open_log(settings) as event_log:
+        if args.command == "api":
+            await bootstrap.run_api(settings, event_log, stop)
+        elif args.command == "worker":
+            await bootstrap.run_workers(settings, event_log, [args.type], stop)
+        elif args.command == "projector":
+            await bootstrap.run_projector(settings, event_log, stop)
+    return 0
+
+
+def _token(settings, args) -> int:
+    key = bootstrap.local_admin_key(settings)
+    did = key.public.did_key()
+    # A token without lxm is refused; "every admin method" means one lxm per call, so the
+    # default mints for the method most callers start with and prints how to get others.
+    lxm = args.lxm or METHODS[0]
+    print(keys.mint_service_jwt(key, iss=did, aud=settings.service_did, lxm=lxm, ttl_s=args.ttl))
+    print(f"issuer {did}, lxm {lxm}, valid {args.ttl}s", file=sys.stderr)
+    return 0
+
+
+async def _events(settings, args) -> int:
+    topic = model.RECORDS_TOPIC if args.records else model.OPERATIONS_TOPIC
+    async with bootstrap.open_log(settings) as event_log:
+        reader = event_log.reader(topic)
+        await reader.start()
+        messages = []
+        try:
+            while True:
+                messages.extend(await reader.poll(0.2))
+                if all([await reader.caught_up(p) for p in range(event_log.partitions)]):
+                    break
+        finally:
+            await reader.stop()
+    # Order is total within a partition; across partitions, by append time.
+    messages.sort(key=lambda m: (m.timestamp_ms, m.partition, m.offset))
+    out = sys.stdout
+    for m in messages:
+        if args.operation and m.key != args.operation:
+            try:
+                if model.decode(m.value).operation_id != args.operation:
+                    continue
+            except model.DecodeError:
+                continue
+        try:
+            event = msgspec.to_builtins(model.decode(m.value))
+        except model.DecodeError as exc:
+            event = {"undecodable": str(exc)}
+        line = {"partition": m.partition, "offset": m.offset, "headers": m.headers, "event": event}
+        out.write(json.dumps(line, default=str) + "\n")
+    return 0
+
+
+async def _records(settings) -> int:
+    from projections.records import RecordIndex
+
+    index = RecordIndex(settings.data_dir / "records.db")
+    await index.open()
+    try:
+        print(json.dumps(await index.stats(), indent=2, sort_keys=True))
+    finally:
+        await index.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

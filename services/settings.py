@@ -1,0 +1,88 @@
+"""Process settings, read once from the environment into one typed object."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import msgspec
+
+from services.api.formats import is_did, is_http_url
+
+
+class SettingsError(ValueError):
+    pass
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    event_log: str = "sqlite"
+    kafka_bootstrap_servers: str | None = None
+    data_dir: Path = Path("data")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    service_did: str = "did:web:localhost"
+    admin_dids: tuple[str, ...] = ()
+    plc_url: str = "https://plc.directory"
+    partitions: int = 6
+    kafka_idempotence: bool = False
+    kafka_replication: int = 1
+    kafka_session_timeout_ms: int = 10_000
+    kafka_heartbeat_ms: int = 3_000
+    log_level: str = "INFO"
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "false").lower()
+    if raw not in ("true", "false", "1", "0", "yes", "no"):
+        raise SettingsError(f"{name} must be true or false, got {raw!r}")
+    return raw in ("true", "1", "yes")
+
+
+def load(env: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    event_log = env.get("CHIVE_EVENT_LOG", "sqlite")
+    if event_log not in ("sqlite", "kafka"):
+        raise SettingsError(f"CHIVE_EVENT_LOG must be sqlite or kafka, got {event_log!r}")
+    bootstrap = env.get("KAFKA_BOOTSTRAP_SERVERS") or None
+    if event_log == "kafka" and not bootstrap:
+        raise SettingsError("CHIVE_EVENT_LOG=kafka needs KAFKA_BOOTSTRAP_SERVERS")
+    admins = tuple(d.strip() for d in env.get("CHIVE_ADMIN_DIDS", "").split(",") if d.strip())
+    for did in admins:
+        if not is_did(did):
+            raise SettingsError(f"CHIVE_ADMIN_DIDS holds {did!r}, which is not a DID")
+    service_did = env.get("CHIVE_SERVICE_DID", "did:web:localhost")
+    if not is_did(service_did):
+        raise SettingsError(f"CHIVE_SERVICE_DID must be a DID, got {service_did!r}")
+    plc_url = env.get("CHIVE_PLC_URL", "https://plc.directory")
+    if not is_http_url(plc_url):
+        raise SettingsError(f"CHIVE_PLC_URL must be an http(s) URL, got {plc_url!r}")
+    return Settings(
+        event_log=event_log,
+        kafka_bootstrap_servers=bootstrap,
+        data_dir=Path(env.get("CHIVE_DATA_DIR", "data")),
+        host=env.get("CHIVE_HOST", "127.0.0.1"),
+        port=_int(env, "CHIVE_PORT", 8080, 0, 65535),
+        service_did=service_did,
+        admin_dids=admins,
+        plc_url=plc_url.rstrip("/"),
+        partitions=_int(env, "CHIVE_PARTITIONS", 6, 1, 1024),
+        kafka_idempotence=_bool(env, "CHIVE_KAFKA_IDEMPOTENCE"),
+        kafka_replication=_int(env, "CHIVE_KAFKA_REPLICATION", 1, 1, 16),
+        kafka_session_timeout_ms=_int(env, "CHIVE_KAFKA_SESSION_TIMEOUT_MS", 10_000, 1000, 600_000),
+        kafka_heartbeat_ms=_int(env, "CHIVE_KAFKA_HEARTBEAT_MS", 3_000, 100, 60_000),
+        log_level=env.get("CHIVE_LOG_LEVEL", "INFO").upper(),
+    )

@@ -1,0 +1,150 @@
+"""What a backfill handler sees of the world while it runs one operation.
+
+A handler reads its parameters and resume checkpoint, appends the record events it finds,
+reports progress (throttled here: at least every 2 s or 500 records, with a heartbeat while a
+unit of work is slow) and checks for cancellation between units of work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from events import model
+from events.log import Entry, EventLog
+from services.identity import DidResolver
+from services.workers.xrpc_client import XrpcClient
+
+PROGRESS_INTERVAL_S = 2.0
+PROGRESS_RECORDS = 500
+
+
+class Cancelled(Exception):
+    """Raised at a unit-of-work boundary once a cancel was requested."""
+
+
+class OperationFailed(Exception):
+    """The operation cannot complete; the message is the operation's `error`."""
+
+
+@dataclass
+class Outcome:
+    records_processed: int
+    total_records: int | None = None
+    sources: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Services:
+    """Shared clients a handler may use."""
+
+    event_log: EventLog
+    client: XrpcClient
+    resolver: DidResolver
+
+
+Appender = Callable[[model.OperationEvent], Awaitable[None]]
+
+
+class WorkContext:
+    def __init__(
+        self,
+        *,
+        operation_id: str,
+        backfill_type: str,
+        params: dict[str, Any],
+        checkpoint: dict[str, Any] | None,
+        services: Services,
+        append_operation_event: Appender,
+    ) -> None:
+        self.operation_id = operation_id
+        self.backfill_type = backfill_type
+        self.params = params
+        self.checkpoint = checkpoint
+        self.services = services
+        self._append = append_operation_event
+        self._cancel = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._last_emit = time.monotonic()
+        self._emitted_records = -1
+        self._latest: tuple[int, int | None, dict[str, Any] | None] = (0, None, checkpoint)
+
+    # -- cancellation ------------------------------------------------------------------
+    def request_cancel(self) -> None:
+        self._cancel.set()
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._cancel.is_set()
+
+    def check_cancelled(self) -> None:
+        if self._cancel.is_set():
+            raise Cancelled()
+
+    # -- output ------------------------------------------------------------------------
+    async def emit_records(self, events: list[model.RecordEvent]) -> None:
+        if not events:
+            return
+        entries = [Entry(e.uri, model.encode(e), model.headers_for(e)) for e in events]
+        await self.services.event_log.append(model.RECORDS_TOPIC, entries)
+
+    async def progress(
+        self,
+        records_processed: int,
+        checkpoint: dict[str, Any] | None,
+        *,
+        total_records: int | None = None,
+        force: bool = False,
+    ) -> None:
+        """Record progress; emits an event when due. Only pass a checkpoint whose effects
+        (record events) are already appended."""
+        self._latest = (records_processed, total_records, checkpoint)
+        due = (
+            force
+            or time.monotonic() - self._last_emit >= PROGRESS_INTERVAL_S
+            or records_processed - max(self._emitted_records, 0) >= PROGRESS_RECORDS
+        )
+        if due:
+            await self._emit_latest()
+
+    @property
+    def records_processed(self) -> int:
+        return self._latest[0]
+
+    async def _emit_latest(self) -> None:
+        async with self._lock:
+            records, total, checkpoint = self._latest
+            self._last_emit = time.monotonic()
+            self._emitted_records = records
+            await self._append(
+                model.BackfillProgressed(
+                    event_id=model.new_event_id(),
+                    operation_id=self.operation_id,
+                    occurred_at=model.now_ms(),
+                    backfill_type=self.backfill_type,
+                    records_processed=records,
+                    total_records=total,
+                    checkpoint=checkpoint,
+                )
+            )
+
+    async def heartbeat(self) -> None:
+        """Runs beside the handler: a progress event at least every interval, even while one
+        unit of work is slow, so watchers see the operation is alive."""
+        while True:
+            await asyncio.sleep(PROGRESS_INTERVAL_S / 4)
+            if time.monotonic() - self._last_emit >= PROGRESS_INTERVAL_S:
+                await self._emit_latest()
+
+
+def to_checkpoint(struct: msgspec.Struct) -> dict[str, Any]:
+    return msgspec.to_builtins(struct)
+
+
+def from_checkpoint(data: dict[str, Any] | None, kind: type):
+    return msgspec.convert(data, kind) if data else kind()

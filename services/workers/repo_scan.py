@@ -1,0 +1,100 @@
+"""Read every `pub.chive.*` record of one repo from its PDS, page by page, resumably.
+
+A position is (index into the repo's sorted pub.chive collections, listRecords cursor): the
+place to fetch next. The caller gets each page's record events and the position after it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import msgspec
+
+from events import model
+from services.api.formats import parse_at_uri
+from services.workers.xrpc_client import SourceUnavailable, XrpcClient
+
+CHIVE_PREFIX = "pub.chive."
+PAGE_SIZE = 100
+
+
+class DescribeRepo(msgspec.Struct):
+    collections: list[str] = []
+
+
+class ListedRecord(msgspec.Struct):
+    uri: str
+    cid: str
+    value: msgspec.Raw
+
+
+class ListRecords(msgspec.Struct):
+    records: list[ListedRecord] = []
+    cursor: str | None = None
+
+
+class RepoPosition(msgspec.Struct, frozen=True):
+    collection_index: int = 0
+    cursor: str | None = None
+
+
+PageSink = Callable[[list[model.RecordEvent], RepoPosition], Awaitable[None]]
+
+
+async def chive_collections(client: XrpcClient, pds_url: str, did: str) -> list[str]:
+    described = await client.query(
+        pds_url, "com.atproto.repo.describeRepo", {"repo": did}, DescribeRepo
+    )
+    return sorted(c for c in described.collections if c.startswith(CHIVE_PREFIX))
+
+
+async def scan_repo(
+    client: XrpcClient,
+    pds_url: str,
+    did: str,
+    operation_id: str,
+    start: RepoPosition,
+    on_page: PageSink,
+    check_cancelled: Callable[[], None],
+) -> None:
+    collections = await chive_collections(client, pds_url, did)
+    position = start
+    while position.collection_index < len(collections):
+        check_cancelled()
+        collection = collections[position.collection_index]
+        page = await client.query(
+            pds_url,
+            "com.atproto.repo.listRecords",
+            {"repo": did, "collection": collection, "limit": PAGE_SIZE, "cursor": position.cursor},
+            ListRecords,
+        )
+        if page.records and page.cursor is not None and page.cursor == position.cursor:
+            raise SourceUnavailable(
+                f"{pds_url} returned the same listRecords cursor twice for {did}/{collection}"
+            )
+        events = [e for r in page.records if (e := _upsert(r, did, collection, operation_id))]
+        if page.records and page.cursor:
+            position = RepoPosition(position.collection_index, page.cursor)
+        else:
+            # The last full page still returns a cursor; the page after it is empty.
+            position = RepoPosition(position.collection_index + 1, None)
+        await on_page(events, position)
+
+
+def _upsert(
+    record: ListedRecord, did: str, collection: str, operation_id: str
+) -> model.RecordUpserted | None:
+    parsed = parse_at_uri(record.uri)
+    if parsed is None or parsed[0] != did or parsed[1] != collection or parsed[2] is None:
+        return None
+    return model.RecordUpserted(
+        event_id=model.new_event_id(),
+        operation_id=operation_id,
+        occurred_at=model.now_ms(),
+        uri=record.uri,
+        did=did,
+        collection=collection,
+        rkey=parsed[2],
+        cid=record.cid,
+        value=record.value,
+    )

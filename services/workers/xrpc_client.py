@@ -1,0 +1,96 @@
+"""Calls to AT Protocol servers (PDS, PLC) with bounded retries.
+
+Transient faults (connection errors, timeouts, 5xx, 429, bodies that are not the JSON we
+expect) are retried with exponential backoff and jitter, honouring Retry-After; after the last
+attempt the source is reported unreachable. Other 4xx answers are final and carry the XRPC
+error name (`RecordNotFound`, `RepoNotFound`, ...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+import msgspec
+
+T = TypeVar("T")
+
+
+class SourceUnavailable(RuntimeError):
+    """The server could not be reached or kept failing."""
+
+
+class XrpcCallError(RuntimeError):
+    def __init__(self, url: str, status: int, error: str, message: str) -> None:
+        super().__init__(f"{url}: {status} {error}: {message}")
+        self.status = status
+        self.error = error
+
+
+@dataclass
+class RetryPolicy:
+    attempts: int = 5
+    base_delay_s: float = 0.2
+    max_delay_s: float = 5.0
+    max_retry_after_s: float = 30.0
+    timeout_s: float = 15.0
+
+
+class XrpcClient:
+    def __init__(self, http: httpx.AsyncClient, policy: RetryPolicy | None = None) -> None:
+        self._http = http
+        self.policy = policy or RetryPolicy()
+
+    async def query(self, base_url: str, nsid: str, params: dict[str, Any], into: type[T]) -> T:
+        url = f"{base_url.rstrip('/')}/xrpc/{nsid}"
+        query = {k: v for k, v in params.items() if v is not None}
+        return await self.get(url, query, into)
+
+    async def get(self, url: str, params: dict[str, Any], into: type[T]) -> T:
+        policy = self.policy
+        last = "no attempt made"
+        for attempt in range(policy.attempts):
+            retry_after: float | None = None
+            try:
+                response = await self._http.get(url, params=params, timeout=policy.timeout_s)
+            except httpx.HTTPError as exc:
+                last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            else:
+                status = response.status_code
+                if status == 200:
+                    try:
+                        return msgspec.json.decode(response.content, type=into)
+                    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                        last = f"unexpected response body: {exc}"
+                elif status == 429 or status >= 500:
+                    last = f"HTTP {status}"
+                    retry_after = _retry_after(response, policy.max_retry_after_s)
+                else:
+                    error, message = _error_body(response)
+                    raise XrpcCallError(url, status, error, message)
+            if attempt + 1 < policy.attempts:
+                delay = min(policy.max_delay_s, policy.base_delay_s * 2**attempt)
+                delay = delay * (0.5 + random.random() / 2)
+                await asyncio.sleep(max(delay, retry_after or 0.0))
+        raise SourceUnavailable(f"{url} failed after {policy.attempts} attempts: {last}")
+
+
+def _retry_after(response: httpx.Response, cap: float) -> float | None:
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return min(cap, max(0.0, float(value)))
+    except ValueError:
+        return None
+
+
+def _error_body(response: httpx.Response) -> tuple[str, str]:
+    try:
+        body = response.json()
+        return str(body.get("error", "Error")), str(body.get("message", ""))
+    except (ValueError, AttributeError):
+        return f"HTTP{response.status_code}", response.text[:200]
