@@ -25,7 +25,10 @@ class KafkaEventLog:
         request_timeout_ms: int = 10_000,
         session_timeout_ms: int = 10_000,
         heartbeat_interval_ms: int = 3_000,
+        namespace: str = "",
     ) -> None:
+        # Prefix of every topic and group name, so several deployments can share a cluster.
+        self._ns = f"{namespace}." if namespace else ""
         self.bootstrap_servers = bootstrap_servers
         self.partitions = partitions
         self._replication_factor = replication_factor
@@ -63,7 +66,7 @@ class KafkaEventLog:
             response = await admin.create_topics(
                 [
                     NewTopic(
-                        name,
+                        self._ns + name,
                         num_partitions=self.partitions,
                         replication_factor=self._replication_factor,
                         topic_configs={"retention.ms": "-1", "cleanup.policy": "delete"},
@@ -83,7 +86,7 @@ class KafkaEventLog:
         try:
             futures = [
                 await self._producer.send(
-                    topic,
+                    self._ns + topic,
                     value=e.value,
                     key=e.key.encode(),
                     headers=[(k, v.encode()) for k, v in e.headers.items()],
@@ -107,7 +110,9 @@ class KafkaEventLog:
         )
 
     def reader(self, topic: str, start: dict[int, int] | None = None) -> KafkaReader:
-        return KafkaReader(self._consumer(None), topic, self.partitions, dict(start or {}))
+        return KafkaReader(
+            self._consumer(None), self._ns + topic, self.partitions, dict(start or {})
+        )
 
     def group_consumer(
         self,
@@ -116,7 +121,9 @@ class KafkaEventLog:
         on_assigned: PartitionsCallback | None = None,
         on_revoked: PartitionsCallback | None = None,
     ) -> KafkaGroupConsumer:
-        return KafkaGroupConsumer(self._consumer(group), topic, on_assigned, on_revoked)
+        return KafkaGroupConsumer(
+            self._consumer(self._ns + group), self._ns + topic, on_assigned, on_revoked
+        )
 
 
 def _message(record) -> Message:

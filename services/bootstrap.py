@@ -51,6 +51,7 @@ def make_log(settings: Settings) -> EventLog:
             enable_idempotence=settings.kafka_idempotence,
             session_timeout_ms=settings.kafka_session_timeout_ms,
             heartbeat_interval_ms=settings.kafka_heartbeat_ms,
+            namespace=settings.kafka_namespace,
         )
     return SqliteEventLog(settings.data_dir / "events.db", settings.partitions)
 

@@ -29,6 +29,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     kafka_replication: int = 1
     kafka_session_timeout_ms: int = 10_000
     kafka_heartbeat_ms: int = 3_000
+    kafka_namespace: str = ""
     log_level: str = "INFO"
 
 
@@ -84,5 +85,6 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         kafka_replication=_int(env, "CHIVE_KAFKA_REPLICATION", 1, 1, 16),
         kafka_session_timeout_ms=_int(env, "CHIVE_KAFKA_SESSION_TIMEOUT_MS", 10_000, 1000, 600_000),
         kafka_heartbeat_ms=_int(env, "CHIVE_KAFKA_HEARTBEAT_MS", 3_000, 100, 60_000),
+        kafka_namespace=env.get("CHIVE_KAFKA_NAMESPACE", ""),
         log_level=env.get("CHIVE_LOG_LEVEL", "INFO").upper(),
     )

@@ -47,3 +47,31 @@ def pytest_sessionfinish(session, exitstatus):
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None and reporter.stats.get("skipped") and exitstatus == 0:
         session.exitstatus = 1
+
+
+@pytest.fixture(scope="session")
+def pds():
+    from tests.servers import FakePds
+
+    server = FakePds().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def plc():
+    from tests.servers import FakePlc
+
+    server = FakePlc().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fresh_pds():
+    """A PDS of the test's own, for tests that change its data or faults."""
+    from tests.servers import FakePds
+
+    server = FakePds().start()
+    yield server
+    server.stop()

@@ -1,0 +1,141 @@
+"""Runs the whole service in the test's event loop (or as a subprocess) against loopback
+servers, and calls it over HTTP like an admin would."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from services import bootstrap, keys
+from services.settings import Settings
+from tests.conftest import eventually
+
+SERVICE_DID = "did:web:chive-backfill.test"
+
+
+class Admin:
+    def __init__(self, key: keys.PrivateKey | None = None, did: str | None = None) -> None:
+        self.key = key or keys.PrivateKey.generate()
+        self.did = did or self.key.public.did_key()
+
+    def token(self, lxm: str | None, **overrides: Any) -> str:
+        args = {"iss": self.did, "aud": SERVICE_DID, "lxm": lxm, **overrides}
+        return keys.mint_service_jwt(self.key, **args)
+
+
+class Client:
+    def __init__(self, base_url: str, admin: Admin) -> None:
+        self.base_url = base_url
+        self.admin = admin
+        self.http = httpx.AsyncClient(base_url=base_url, timeout=30)
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    def auth(self, nsid: str, admin: Admin | None = None) -> dict[str, str]:
+        return {"authorization": f"Bearer {(admin or self.admin).token(nsid)}"}
+
+    async def post(self, nsid: str, body: Any, admin: Admin | None = None) -> httpx.Response:
+        return await self.http.post(f"/xrpc/{nsid}", json=body, headers=self.auth(nsid, admin))
+
+    async def get(self, nsid: str, admin: Admin | None = None, **params) -> httpx.Response:
+        return await self.http.get(f"/xrpc/{nsid}", params=params, headers=self.auth(nsid, admin))
+
+    async def trigger(self, **body) -> dict[str, Any]:
+        response = await self.post("pub.chive.admin.triggerBackfill", body)
+        assert response.status_code == 200, response.text
+        return response.json()["operation"]
+
+    async def status(self, op_id: str) -> dict[str, Any]:
+        response = await self.get("pub.chive.admin.getBackfillStatus", id=op_id)
+        assert response.status_code == 200, response.text
+        return response.json()["operation"]
+
+    async def wait_finished(self, op_id: str, timeout: float = 60.0) -> dict[str, Any]:
+        async def finished():
+            op = await self.status(op_id)
+            return op if op["status"] != "running" else None
+
+        return await eventually(finished, timeout=timeout, what=f"operation {op_id} to finish")
+
+
+def settings_for(
+    data_dir: Path,
+    admin: Admin,
+    plc_url: str,
+    kafka: str | None = None,
+    namespace: str = "",
+    port: int = 0,
+) -> Settings:
+    return Settings(
+        event_log="kafka" if kafka else "sqlite",
+        kafka_bootstrap_servers=kafka,
+        kafka_namespace=namespace,
+        kafka_session_timeout_ms=2000,
+        kafka_heartbeat_ms=300,
+        data_dir=data_dir,
+        port=port,
+        service_did=SERVICE_DID,
+        admin_dids=(admin.did,),
+        plc_url=plc_url,
+        partitions=3,
+    )
+
+
+@contextlib.asynccontextmanager
+async def running_service(settings: Settings, admin: Admin) -> AsyncIterator[Client]:
+    stop = asyncio.Event()
+    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    async def on_ready(port: int) -> None:
+        ready.set_result(port)
+
+    task = asyncio.create_task(bootstrap.run_all(settings, stop, on_ready))
+    done, _ = await asyncio.wait([task, ready], timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        await task
+    assert ready.done(), "service did not become ready in 30s"
+    client = Client(f"http://127.0.0.1:{ready.result()}", admin)
+    try:
+        yield client
+    finally:
+        await client.close()
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+class ServiceProcess:
+    """`chive-backfill up` as a real subprocess, for kill -9 tests."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env = {**os.environ, **env}
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "up"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def terminate(self) -> int:
+        assert self.proc is not None
+        self.proc.terminate()
+        return self.proc.wait(timeout=30)

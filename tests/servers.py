@@ -1,0 +1,293 @@
+"""Real HTTP servers on loopback for tests: a PDS speaking the XRPC subset the workers use
+(with the reference server's quirks), a PLC directory, and did:web documents.
+
+Each runs uvicorn in its own thread and event loop, so tests, in-process services and
+subprocess services all reach it over TCP alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from tests.broker import free_port, wait_for_port
+
+
+class LoopbackServer:
+    def __init__(self, app) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host="127.0.0.1",
+                port=self.port,
+                log_level="warning",
+                lifespan="off",
+                access_log=False,
+            )
+        )
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.run(self._server.serve())
+
+    def start(self) -> LoopbackServer:
+        self._thread.start()
+        wait_for_port("127.0.0.1", self.port)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+
+def _error(status: int, name: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": name, "message": message}, status_code=status)
+
+
+def cid_for(value: dict[str, Any]) -> str:
+    digest = hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+    return "bafyrei" + digest[:52]
+
+
+@dataclass
+class Repo:
+    did: str
+    # collection -> rkey -> value
+    collections: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    active: bool = True
+
+
+@dataclass
+class Faults:
+    """Misbehaviour to inject: the next N answers of a method fail with `status`."""
+
+    fail: dict[str, list[int]] = field(default_factory=dict)
+    delay_s: float = 0.0
+    retry_after: str | None = None
+
+
+class FakePds:
+    def __init__(self) -> None:
+        self.repos: dict[str, Repo] = {}
+        self.faults = Faults()
+        self.calls: dict[str, int] = {}
+        self.did_web_documents: dict[str, dict[str, Any]] = {}
+        self.app = Starlette(
+            routes=[
+                Route("/xrpc/com.atproto.sync.listRepos", self.list_repos),
+                Route("/xrpc/com.atproto.repo.describeRepo", self.describe_repo),
+                Route("/xrpc/com.atproto.repo.listRecords", self.list_records),
+                Route("/xrpc/com.atproto.repo.getRecord", self.get_record),
+                Route("/.well-known/did.json", self.did_web),
+            ]
+        )
+        self._server = LoopbackServer(self.app)
+        self.url = self._server.url
+
+    def start(self) -> FakePds:
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    # -- data ----------------------------------------------------------------------------
+    def add_repo(self, did: str, counts: dict[str, int], active: bool = True) -> Repo:
+        repo = Repo(did, active=active)
+        for collection, n in counts.items():
+            # rkeys sort like TIDs: newest (largest) first in listRecords.
+            repo.collections[collection] = {
+                f"3k{i:010d}": {"$type": collection, "n": i, "did": did} for i in range(n)
+            }
+        self.repos[did] = repo
+        return repo
+
+    def chive_count(self, did: str) -> int:
+        repo = self.repos[did]
+        return sum(len(r) for c, r in repo.collections.items() if c.startswith("pub.chive."))
+
+    def chive_uris(self) -> list[str]:
+        return sorted(
+            f"at://{repo.did}/{c}/{rkey}"
+            for repo in self.repos.values()
+            if repo.active
+            for c, records in repo.collections.items()
+            if c.startswith("pub.chive.")
+            for rkey in records
+        )
+
+    # -- behaviour -----------------------------------------------------------------------
+    async def _gate(self, method: str) -> Response | None:
+        self.calls[method] = self.calls.get(method, 0) + 1
+        if self.faults.delay_s:
+            await asyncio.sleep(self.faults.delay_s)
+        pending = self.faults.fail.get(method)
+        if pending:
+            status = pending.pop(0)
+            headers = {"retry-after": self.faults.retry_after} if self.faults.retry_after else {}
+            return JSONResponse(
+                {"error": "InternalServerError", "message": "Internal Server Error"},
+                status_code=status,
+                headers=headers,
+            )
+        return None
+
+    async def list_repos(self, request: Request) -> Response:
+        if (fault := await self._gate("listRepos")) is not None:
+            return fault
+        limit = min(int(request.query_params.get("limit", 500)), 1000)
+        cursor = request.query_params.get("cursor")
+        dids = sorted(d for d in self.repos if cursor is None or d > cursor)[:limit]
+        body: dict[str, Any] = {
+            "repos": [
+                {"did": d, "head": "bafyhead", "rev": "3krev", "active": self.repos[d].active}
+                for d in dids
+            ]
+        }
+        if dids:
+            body["cursor"] = dids[-1]
+        return JSONResponse(body)
+
+    async def describe_repo(self, request: Request) -> Response:
+        if (fault := await self._gate("describeRepo")) is not None:
+            return fault
+        repo = self.repos.get(request.query_params.get("repo", ""))
+        if repo is None:
+            return _error(400, "RepoNotFound", "Could not find repo")
+        return JSONResponse(
+            {
+                "did": repo.did,
+                "handle": "handle.invalid",
+                "didDoc": {},
+                "collections": sorted(repo.collections),
+                "handleIsCorrect": False,
+            }
+        )
+
+    async def list_records(self, request: Request) -> Response:
+        if (fault := await self._gate("listRecords")) is not None:
+            return fault
+        q = request.query_params
+        repo = self.repos.get(q.get("repo", ""))
+        if repo is None:
+            return _error(400, "RepoNotFound", "Could not find repo")
+        limit = int(q.get("limit", 50))
+        if not 1 <= limit <= 100:
+            return _error(400, "InvalidRequest", "limit must be between 1 and 100")
+        cursor = q.get("cursor")
+        records = repo.collections.get(q.get("collection", ""), {})
+        rkeys = sorted((k for k in records if cursor is None or k < cursor), reverse=True)
+        page = rkeys[:limit]
+        body: dict[str, Any] = {
+            "records": [
+                {
+                    "uri": f"at://{repo.did}/{q['collection']}/{k}",
+                    "cid": cid_for(records[k]),
+                    "value": records[k],
+                }
+                for k in page
+            ]
+        }
+        # Like the reference PDS: a cursor on every non-empty page, so the page after the
+        # last full one is empty and has none.
+        if page:
+            body["cursor"] = page[-1]
+        return JSONResponse(body)
+
+    async def get_record(self, request: Request) -> Response:
+        if (fault := await self._gate("getRecord")) is not None:
+            return fault
+        q = request.query_params
+        repo = self.repos.get(q.get("repo", ""))
+        value = repo and repo.collections.get(q.get("collection", ""), {}).get(q.get("rkey"))
+        if not value:
+            return _error(400, "RecordNotFound", f"Could not locate record: {q.get('rkey')}")
+        uri = f"at://{repo.did}/{q['collection']}/{q['rkey']}"
+        return JSONResponse({"uri": uri, "cid": cid_for(value), "value": value})
+
+    async def did_web(self, request: Request) -> Response:
+        host = request.headers.get("host", "")
+        doc = self.did_web_documents.get(host)
+        if doc is None:
+            return Response(status_code=404)
+        return JSONResponse(doc)
+
+
+class FakePlc:
+    def __init__(self) -> None:
+        self.documents: dict[str, dict[str, Any]] = {}
+        self.requests = 0
+        self.app = Starlette(routes=[Route("/{did:path}", self.resolve)])
+        self._server = LoopbackServer(self.app)
+        self.url = self._server.url
+
+    def start(self) -> FakePlc:
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    async def resolve(self, request: Request) -> Response:
+        self.requests += 1
+        doc = self.documents.get(request.path_params["did"])
+        if doc is None:
+            return _error(404, "NotFound", f"DID not registered: {request.path_params['did']}")
+        return JSONResponse(doc)
+
+    def register(
+        self, did: str, *, pds_url: str | None = None, key_multibase: str | None = None
+    ) -> dict[str, Any]:
+        self.documents[did] = did_document(did, pds_url=pds_url, key_multibase=key_multibase)
+        return self.documents[did]
+
+
+def did_document(
+    did: str, *, pds_url: str | None = None, key_multibase: str | None = None
+) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "@context": ["https://www.w3.org/ns/did/v1"],
+        "id": did,
+        "alsoKnownAs": [],
+        "verificationMethod": [],
+        "service": [],
+    }
+    if key_multibase:
+        doc["verificationMethod"].append(
+            {
+                "id": f"{did}#atproto",
+                "type": "Multikey",
+                "controller": did,
+                "publicKeyMultibase": key_multibase,
+            }
+        )
+    if pds_url:
+        doc["service"].append(
+            {"id": "#atproto_pds", "type": "AtprotoPersonalDataServer", "serviceEndpoint": pds_url}
+        )
+    return doc
+
+
+def wait_until(check, timeout: float = 20.0, what: str = "condition"):
+    """Blocking counterpart of tests.conftest.eventually, for synchronous tests."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
