@@ -1,0 +1,130 @@
+"""Kill -9 the whole service while didSync and pdsScan run; after restarts both complete with
+the exact count and every record indexed once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import sys
+
+import httpx
+import pytest
+
+from tests.broker import free_port
+from tests.conftest import eventually
+from tests.harness import SERVICE_DID, Admin, Client, ServiceProcess
+from tests.test_end_to_end import wait_index
+
+KILLS = 3
+
+
+@pytest.mark.parametrize("log_kind", ["sqlite", "kafka"])
+async def test_sigkill_mid_run_resumes_to_exact_counts(
+    request, log_kind, tmp_path, plc, fresh_pds, unique
+):
+    rng = random.Random(f"crash-{log_kind}")
+    admin = Admin()
+    port = free_port()
+    env = {
+        "CHIVE_DATA_DIR": str(tmp_path / "data"),
+        "CHIVE_PORT": str(port),
+        "CHIVE_PLC_URL": plc.url,
+        "CHIVE_ADMIN_DIDS": admin.did,
+        "CHIVE_SERVICE_DID": SERVICE_DID,
+        "CHIVE_PARTITIONS": "3",
+        "CHIVE_LOG_LEVEL": "WARNING",
+    }
+    if log_kind == "kafka":
+        env.update(
+            CHIVE_EVENT_LOG="kafka",
+            KAFKA_BOOTSTRAP_SERVERS=request.getfixturevalue("kafka_bootstrap"),
+            CHIVE_KAFKA_NAMESPACE=unique,
+            CHIVE_KAFKA_SESSION_TIMEOUT_MS="2000",
+            CHIVE_KAFKA_HEARTBEAT_MS="300",
+        )
+    fresh_pds.faults.delay_s = 0.01
+    for i in range(8):
+        fresh_pds.add_repo(
+            f"did:plc:scan{i}{unique}",
+            {"pub.chive.graph.node": 300, "pub.chive.eprint.submission": 150},
+        )
+    did = f"did:plc:solo{unique}"
+    plc.register(did, pds_url=fresh_pds.url)
+    fresh_pds.add_repo(did, {"pub.chive.review.comment": 1200})
+    scan_total = 8 * 450 + 1200  # the didSync repo is on the same PDS
+
+    service = ServiceProcess(env, tmp_path / "service.log")
+    client = Client(f"http://127.0.0.1:{port}", admin)
+
+    async def api_up() -> bool:
+        try:
+            return (await client.http.get("/xrpc/_health")).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        service.start()
+        await eventually(api_up, timeout=30, what="API up")
+        scan = await client.trigger(type="pdsScan", pdsUrl=fresh_pds.url)
+        sync = await client.trigger(type="didSync", did=did)
+        for kill in range(KILLS):
+            threshold = rng.randint(100, 600) * (kill + 1)
+            victim = scan if kill % 2 == 0 else sync
+            limit = scan_total if victim is scan else 1200
+            threshold = min(threshold, limit - 200)
+
+            async def reached(victim=victim, threshold=threshold) -> bool:
+                op = await client.status(victim["id"])
+                return op["recordsProcessed"] >= threshold or op["status"] != "running"
+
+            await eventually(reached, timeout=60, what=f"kill point {kill}")
+            service.kill()
+            service.start()
+            await eventually(api_up, timeout=30, what="API up after restart")
+        scan_done = await client.wait_finished(scan["id"], timeout=120)
+        sync_done = await client.wait_finished(sync["id"], timeout=120)
+    finally:
+        await client.close()
+        if service.proc and service.proc.poll() is None:
+            assert service.terminate() == 0, (tmp_path / "service.log").read_text()[-3000:]
+
+    assert scan_done["status"] == "completed", scan_done
+    assert sync_done["status"] == "completed", sync_done
+    assert scan_done["recordsProcessed"] == scan_total
+    assert sync_done["recordsProcessed"] == 1200
+
+    class _Settings:
+        data_dir = tmp_path / "data"
+
+    # The projector folded every record exactly once: one live row per at-uri, no extras.
+    service.start()
+    client = Client(f"http://127.0.0.1:{port}", admin)
+    try:
+        await eventually(api_up, timeout=30, what="API up for the index check")
+        await wait_index(_Settings, fresh_pds.chive_uris())
+    finally:
+        await client.close()
+        assert service.terminate() == 0
+
+    audit = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.cli",
+        "events",
+        env=service.env,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    stdout, _ = await asyncio.wait_for(audit.communicate(), 60)
+    assert audit.returncode == 0
+    events = [json.loads(line) for line in stdout.decode().splitlines()]
+    for op in (scan, sync):
+        mine = [e["event"] for e in events if e["event"]["operation_id"] == op["id"]]
+        kinds = [e["event_type"] for e in mine]
+        assert kinds[0] == "BackfillRequested"
+        assert kinds.count("BackfillCompleted") == 1
+        assert kinds[-1] == "BackfillCompleted"
+    attempts = [
+        e["event"]["attempt"] for e in events if e["event"]["event_type"] == "BackfillStarted"
+    ]
+    assert max(attempts) >= 2, "no operation was ever resumed: the kills missed the work"
