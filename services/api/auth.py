@@ -73,16 +73,19 @@ class ServiceAuth:
         if not is_did(did):
             raise _unauthenticated("jwt issuer is not a DID")
         signing_input = f"{parts[0]}.{parts[1]}".encode()
-        key = await self._key(did, header.get("alg"), fresh=False)
-        if not key.verify(signature, signing_input):
-            # The issuer may have rotated its key since we cached its document.
-            if did.startswith("did:key:") or not (
-                await self._key(did, header.get("alg"), fresh=True)
-            ).verify(signature, signing_input):
+        alg = header.get("alg")
+        key = await self._key(did, fresh=False)
+        if key.curve.jwt_alg != alg or not key.verify(signature, signing_input):
+            # The issuer may have rotated its key since we cached its document: retry once.
+            if not did.startswith("did:key:"):
+                key = await self._key(did, fresh=True)
+            if key.curve.jwt_alg != alg:
+                raise _unauthenticated("jwt alg does not match the issuer's key type")
+            if not key.verify(signature, signing_input):
                 raise _unauthenticated("jwt signature does not match jwt issuer")
         return Caller(did)
 
-    async def _key(self, did: str, alg: object, *, fresh: bool) -> keys.PublicKey:
+    async def _key(self, did: str, *, fresh: bool) -> keys.PublicKey:
         try:
             if did.startswith("did:key:"):
                 key = keys.parse_did_key(did)
@@ -100,6 +103,4 @@ class ServiceAuth:
             raise XrpcError(
                 502, "UpstreamFailure", "could not reach the jwt issuer's DID directory"
             ) from None
-        if alg != key.curve.jwt_alg:
-            raise _unauthenticated("jwt alg does not match the issuer's key type")
         return key
