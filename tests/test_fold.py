@@ -1,0 +1,150 @@
+"""The operations fold: pure, deterministic, safe under redelivery and late events."""
+
+from __future__ import annotations
+
+import itertools
+
+from events import model
+from projections.operations import fold
+
+_ids = itertools.count()
+
+
+def ev(cls, t: int, **fields):
+    base = {"event_id": f"e{next(_ids)}", "operation_id": "op1", "occurred_at": t}
+    if cls is not model.BackfillRequested:
+        base["backfill_type"] = "didSync"
+    return cls(**base, **fields)
+
+
+def requested(t: int = 1000):
+    return ev(
+        model.BackfillRequested,
+        t,
+        backfill_type="didSync",
+        params={"did": "did:plc:a"},
+        requested_by="did:key:zA",
+        dedupe_key="k",
+    )
+
+
+def run(events):
+    state = None
+    for e in events:
+        state = fold(state, e)
+    return state
+
+
+def test_request_creates_a_running_operation_with_time_from_the_event():
+    op = run([requested(1234)])
+    assert (op.status, op.started_at, op.updated_at, op.records_processed) == (
+        "running",
+        1234,
+        1234,
+        0,
+    )
+
+
+def test_events_before_a_request_are_ignored():
+    assert fold(None, ev(model.BackfillProgressed, 5, records_processed=3)) is None
+
+
+def test_progress_is_monotonic_and_keeps_the_latest_checkpoint():
+    op = run(
+        [
+            requested(),
+            ev(model.BackfillProgressed, 2000, records_processed=500, checkpoint={"c": 1}),
+            ev(model.BackfillProgressed, 3000, records_processed=200, checkpoint={"c": 2}),
+        ]
+    )
+    assert op.records_processed == 500
+    assert op.checkpoint == {"c": 2}
+    assert op.updated_at == 3000
+
+
+def test_completion_sets_the_exact_count_and_nothing_changes_it_after():
+    done = run(
+        [
+            requested(),
+            ev(model.BackfillProgressed, 2000, records_processed=900),
+            ev(model.BackfillCompleted, 3000, records_processed=850, sources=["https://pds"]),
+        ]
+    )
+    assert (done.status, done.records_processed, done.completed_at) == ("completed", 850, 3000)
+    late = [
+        ev(model.BackfillProgressed, 4000, records_processed=10_000),
+        ev(model.BackfillFailed, 4001, error="late"),
+        ev(model.BackfillCancelled, 4002),
+        ev(model.BackfillCancelRequested, 4003, requested_by="did:key:zA"),
+        requested(5000),
+    ]
+    state = done
+    for e in late:
+        state = fold(state, e)
+    assert state == done
+
+
+def test_cancel_request_then_cancelled():
+    op = run([requested(), ev(model.BackfillCancelRequested, 1500, requested_by="did:key:zB")])
+    assert op.cancel_requested and op.status == "running"
+    op = fold(op, ev(model.BackfillCancelled, 1600, records_processed=40))
+    assert (op.status, op.records_processed, op.completed_at) == ("cancelled", 40, 1600)
+
+
+def test_redelivered_events_change_nothing():
+    events = [
+        requested(),
+        ev(model.BackfillStarted, 1100, worker="w", attempt=1),
+        ev(model.BackfillProgressed, 1200, records_processed=10, checkpoint={"c": 1}),
+    ]
+    once = run(events)
+    twice = run(events + events)
+    assert once == twice
+
+
+def test_same_events_same_state_every_time():
+    events = [
+        requested(),
+        ev(model.BackfillStarted, 1100, worker="w", attempt=1),
+        ev(model.BackfillStarted, 1200, worker="w2", attempt=2),
+        ev(model.BackfillFailed, 1300, error="boom", records_processed=7),
+    ]
+    states = {model.encode(e) for e in events}
+    assert len(states) == 4
+    results = [run(events) for _ in range(3)]
+    assert results[0] == results[1] == results[2]
+    assert results[0].attempts == 2 and results[0].error == "boom"
+
+
+def test_event_encoding_round_trips_with_headers():
+    e = ev(model.BackfillProgressed, 7, records_processed=1, checkpoint={"x": [1, 2]})
+    assert model.decode(model.encode(e)) == e
+    assert model.headers_for(e) == {
+        "event_type": "BackfillProgressed",
+        "event_id": e.event_id,
+        "schema_version": "1",
+        "backfill_type": "didSync",
+    }
+
+
+def test_undecodable_events_raise_decode_error():
+    import pytest
+
+    for raw in (b"not json", b"[]", b'{"event_type":"Nope"}', b'{"event_type":"BackfillFailed"}'):
+        with pytest.raises(model.DecodeError):
+            model.decode(raw)
+
+
+def test_upcaster_chain_applies_to_old_versions(monkeypatch):
+    def v1_to_v2(raw):
+        return {**raw, "error": raw["error"] + " (upcast)"}
+
+    monkeypatch.setitem(model.UPCASTERS, ("BackfillFailed", 1), v1_to_v2)
+    old = ev(model.BackfillFailed, 1, error="x")
+    decoded = model.decode(model.encode(old))
+    assert decoded.error == "x (upcast)" and decoded.schema_version == 2
+
+
+def test_datetime_format_is_utc_z_with_milliseconds():
+    assert model.format_datetime(0) == "1970-01-01T00:00:00.000Z"
+    assert model.format_datetime(1_795_886_738_452) == "2026-11-28T17:25:38.452Z"

@@ -1,0 +1,184 @@
+"""Pure pieces: formats, parameter rules, keys, lexicon validation, settings."""
+
+from __future__ import annotations
+
+import pytest
+
+from services import keys
+from services.api import formats
+from services.api.lexicon import LexiconError, Lexicons
+from services.api.params import backfill_params, dedupe_key
+from services.api.xrpc import XrpcError
+from services.settings import SettingsError, load
+
+
+@pytest.mark.parametrize(
+    "did,ok",
+    [
+        ("did:plc:z72i7hdynmk6r22z27h6tvur", True),
+        ("did:web:localhost%3A8080", True),
+        ("did:key:zQ3shabc", True),
+        ("did:PLC:abc", False),
+        ("did:plc:", False),
+        ("did:plc:abc:", False),
+        ("plc:abc", False),
+        ("did:plc:" + "a" * 2048, False),
+    ],
+)
+def test_did_format(did, ok):
+    assert formats.is_did(did) is ok
+
+
+@pytest.mark.parametrize(
+    "uri,parsed",
+    [
+        (
+            "at://did:plc:abc/pub.chive.eprint.submission/3k2a",
+            ("did:plc:abc", "pub.chive.eprint.submission", "3k2a"),
+        ),
+        (
+            "at://alice.example.com/pub.chive.eprint.submission",
+            ("alice.example.com", "pub.chive.eprint.submission", None),
+        ),
+        ("at://did:plc:abc", ("did:plc:abc", None, None)),
+        ("at://did:plc:abc/notannsid/x", None),
+        ("at://did:plc:abc/pub.chive.a.b/..", None),
+        ("at://did:plc:abc/pub.chive.a.b/x/y", None),
+        ("https://x/y", None),
+        ("at://", None),
+    ],
+)
+def test_at_uri_format(uri, parsed):
+    assert formats.parse_at_uri(uri) == parsed
+
+
+@pytest.mark.parametrize(
+    "value,ok",
+    [
+        ("2026-11-28T17:25:38.452Z", True),
+        ("2026-11-28T17:25:38+01:00", True),
+        ("2026-11-28T17:25:38", False),
+        ("2026-02-30T00:00:00Z", False),
+        ("2026-11-28", False),
+    ],
+)
+def test_datetime_format(value, ok):
+    assert formats.is_datetime(value) is ok
+
+
+def test_params_normalise_and_dedupe():
+    kind, params = backfill_params({"type": "pdsScan", "pdsUrl": "HTTPS://PDS.Example/"})
+    assert (kind, params) == ("pdsScan", {"pdsUrl": "https://pds.example"})
+    assert backfill_params({"type": "fullReindex"})[1] == {"batchSize": 100}
+    a = dedupe_key("fullReindex", {"batchSize": 100})
+    assert a == dedupe_key(*backfill_params({"type": "fullReindex", "batchSize": 100}))
+    assert a != dedupe_key("fullReindex", {"batchSize": 101})
+    with pytest.raises(XrpcError) as err:
+        backfill_params({"type": "didSync", "did": "did:plc:a", "uri": "at://x/y.z/k"})
+    assert err.value.status == 400 and "uri" in err.value.message
+
+
+def test_did_key_round_trip_and_signatures():
+    for curve, prefix in ((keys.K256, "did:key:zQ3s"), (keys.P256, "did:key:zDn")):
+        key = keys.PrivateKey.generate(curve)
+        did = key.public.did_key()
+        assert did.startswith(prefix)
+        public = keys.parse_did_key(did)
+        sig = key.sign(b"message")
+        assert len(sig) == 64 and public.verify(sig, b"message")
+        assert not public.verify(sig, b"other message")
+        assert not public.verify(sig[:-1], b"message")
+    with pytest.raises(keys.KeyError_):
+        keys.parse_did_key("did:key:zNotAKey0")
+
+
+def test_base58_round_trip():
+    for data in (b"", b"\x00\x00abc", bytes(range(40))):
+        assert keys.b58decode(keys.b58encode(data)) == data
+
+
+def test_key_file_is_created_once(tmp_path):
+    path = tmp_path / "k.pem"
+    first = keys.load_or_create(path)
+    assert keys.load_or_create(path).public.did_key() == first.public.did_key()
+    assert oct(path.stat().st_mode)[-3:] == "600"
+
+
+def test_lexicon_validation_from_files():
+    lx = Lexicons.load()
+    body = lx.validate_input("pub.chive.admin.triggerBackfill", {"type": "didSync"})
+    assert body["batchSize"] == 100
+    with pytest.raises(LexiconError, match="did"):
+        lx.validate_input("pub.chive.admin.triggerBackfill", {"type": "x", "did": "nope"})
+    out = {
+        "operation": {
+            "id": "a",
+            "type": "didSync",
+            "status": "running",
+            "startedAt": "2026-01-01T00:00:00.000Z",
+            "recordsProcessed": 0,
+        }
+    }
+    assert lx.validate_output("pub.chive.admin.triggerBackfill", out) == out
+    with pytest.raises(LexiconError, match="startedAt"):
+        lx.validate_output(
+            "pub.chive.admin.triggerBackfill",
+            {"operation": {**out["operation"], "startedAt": "yesterday"}},
+        )
+    with pytest.raises(LexiconError, match="recordsProcessed"):
+        bad = dict(out["operation"])
+        del bad["recordsProcessed"]
+        lx.validate_output("pub.chive.admin.triggerBackfill", {"operation": bad})
+    assert lx.validate_params("pub.chive.admin.getBackfillStatus", {}) == {"limit": 50}
+    with pytest.raises(LexiconError):
+        lx.validate_params("pub.chive.admin.getBackfillStatus", {"limit": ["1", "2"]})
+
+
+def test_seed_contract_is_kept():
+    """Our triggerBackfill lexicon only adds optional fields to the published one."""
+    import json
+    import re
+    from pathlib import Path
+
+    # The published contract, beside the repository (shared/seed) as on every checkout here.
+    seed_md = Path(__file__).resolve().parents[2] / "shared/seed/pub.chive.admin.triggerBackfill.md"
+    seed = json.loads(re.search(r"```json\n(.*?)```", seed_md.read_text(), re.S).group(1))
+    ours = json.loads(
+        (
+            Path(__file__).resolve().parents[1] / "schemas/pub.chive.admin.triggerBackfill.json"
+        ).read_text()
+    )
+    for name, definition in seed["defs"].items():
+        mine = ours["defs"][name]
+        assert mine["type"] == definition["type"]
+        if name == "main":
+            assert mine["input"]["schema"]["required"] == definition["input"]["schema"]["required"]
+            assert set(definition["input"]["schema"]["properties"]) <= set(
+                mine["input"]["schema"]["properties"]
+            )
+            assert [e["name"] for e in mine["errors"]] == [e["name"] for e in definition["errors"]]
+        else:
+            assert mine["required"] == definition["required"]
+            for prop, spec in definition["properties"].items():
+                assert mine["properties"][prop]["type"] == spec["type"]
+
+
+def test_settings_from_environment(tmp_path):
+    s = load(
+        {
+            "CHIVE_DATA_DIR": str(tmp_path),
+            "CHIVE_PORT": "9000",
+            "CHIVE_ADMIN_DIDS": "did:plc:a, did:web:b.example",
+        }
+    )
+    assert s.port == 9000 and s.admin_dids == ("did:plc:a", "did:web:b.example")
+    assert s.event_log == "sqlite"
+    for env, message in [
+        ({"CHIVE_EVENT_LOG": "redis"}, "sqlite or kafka"),
+        ({"CHIVE_EVENT_LOG": "kafka"}, "KAFKA_BOOTSTRAP_SERVERS"),
+        ({"CHIVE_PORT": "http"}, "integer"),
+        ({"CHIVE_ADMIN_DIDS": "alice"}, "not a DID"),
+        ({"CHIVE_PLC_URL": "plc"}, "URL"),
+    ]:
+        with pytest.raises(SettingsError, match=message):
+            load(env)
