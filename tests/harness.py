@@ -114,21 +114,24 @@ async def running_service(settings: Settings, admin: Admin) -> AsyncIterator[Cli
 
 
 class ServiceProcess:
-    """`chive-backfill up` as a real subprocess, for kill -9 tests."""
+    """A `chive-backfill` command (default `up`) as a real subprocess, for kill -9 tests."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self, env: dict[str, str], log_path: Path, args: tuple[str, ...] = ("up",)
+    ) -> None:
         self.env = {**os.environ, **env}
         self.log_path = log_path
+        self.args = args
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "up"],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "services.cli", *self.args],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
 
     def kill(self) -> None:
         assert self.proc is not None

@@ -1,0 +1,118 @@
+"""Kafka mode as deployed: API, projector and every worker type as separate processes, two
+replicas per type. Killing the replica that runs an operation hands it to the other, which
+resumes from the checkpoint to the exact count."""
+
+from __future__ import annotations
+
+import httpx
+
+from events import model
+from events.kafka_log import KafkaEventLog
+from tests.broker import free_port
+from tests.conftest import eventually
+from tests.harness import SERVICE_DID, Admin, Client, ServiceProcess
+from tests.test_end_to_end import wait_index
+
+
+async def started_by(bootstrap: str, namespace: str, op_id: str) -> list[str]:
+    """Workers (type@host:pid) that started the operation, in order."""
+    log = KafkaEventLog(bootstrap, 3, namespace=namespace)
+    await log.start()
+    reader = log.reader(model.OPERATIONS_TOPIC)
+    await reader.start()
+    workers = []
+    try:
+        while True:
+            for m in await reader.poll(0.2):
+                if m.key == op_id and m.headers["event_type"] == "BackfillStarted":
+                    workers.append(model.decode(m.value).worker)
+            if all([await reader.caught_up(p) for p in range(3)]):
+                return workers
+    finally:
+        await reader.stop()
+        await log.close()
+
+
+async def test_replicas_share_work_and_take_over_on_crash(
+    kafka_bootstrap, tmp_path, plc, fresh_pds, unique
+):
+    admin = Admin()
+    port = free_port()
+    env = {
+        "CHIVE_EVENT_LOG": "kafka",
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "CHIVE_KAFKA_NAMESPACE": unique,
+        "CHIVE_KAFKA_SESSION_TIMEOUT_MS": "2000",
+        "CHIVE_KAFKA_HEARTBEAT_MS": "300",
+        "CHIVE_DATA_DIR": str(tmp_path / "data"),
+        "CHIVE_PORT": str(port),
+        "CHIVE_PLC_URL": plc.url,
+        "CHIVE_ADMIN_DIDS": admin.did,
+        "CHIVE_SERVICE_DID": SERVICE_DID,
+        "CHIVE_PARTITIONS": "3",
+        "CHIVE_LOG_LEVEL": "WARNING",
+    }
+    fresh_pds.faults.delay_s = 0.01
+    for i in range(6):
+        fresh_pds.add_repo(f"did:plc:k{i}{unique}", {"pub.chive.graph.node": 400})
+    did = f"did:plc:kd{unique}"
+    plc.register(did, pds_url=fresh_pds.url)
+    fresh_pds.add_repo(did, {"pub.chive.review.comment": 50})
+    expected = 6 * 400 + 50
+
+    # Topics exist before anyone consumes: created by the first process's startup too, but
+    # creating them here keeps the replicas from racing the API on first start.
+    log = KafkaEventLog(kafka_bootstrap, 3, namespace=unique)
+    await log.start()
+    await log.ensure_topics([model.OPERATIONS_TOPIC, model.RECORDS_TOPIC])
+    await log.close()
+
+    processes: dict[str, ServiceProcess] = {}
+    for name, args in [("api", ("api",)), ("projector", ("projector",))] + [
+        (f"{t}-{r}", ("worker", t)) for t in model.BACKFILL_TYPES for r in (1, 2)
+    ]:
+        processes[name] = ServiceProcess(env, tmp_path / f"{name}.log", args)
+        processes[name].start()
+    client = Client(f"http://127.0.0.1:{port}", admin)
+
+    async def api_up() -> bool:
+        try:
+            return (await client.http.get("/xrpc/_health")).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        await eventually(api_up, timeout=30, what="API up")
+        scan = await client.trigger(type="pdsScan", pdsUrl=fresh_pds.url)
+        sync = await client.trigger(type="didSync", did=did)
+        other = await client.trigger(type="governanceSync")
+
+        async def halfway() -> bool:
+            return (await client.status(scan["id"]))["recordsProcessed"] >= 800
+
+        await eventually(halfway, timeout=60, what="pdsScan halfway")
+        (first,) = await started_by(kafka_bootstrap, unique, scan["id"])
+        pid = int(first.rsplit(":", 1)[1])
+        victim = next(n for n, p in processes.items() if p.proc.pid == pid)
+        assert victim.startswith("pdsScan-")
+        processes[victim].kill()
+
+        scan_done = await client.wait_finished(scan["id"], timeout=90)
+        sync_done = await client.wait_finished(sync["id"], timeout=60)
+        other_done = await client.wait_finished(other["id"], timeout=60)
+        assert scan_done["status"] == "completed", scan_done
+        assert scan_done["recordsProcessed"] == expected
+        assert sync_done["status"] == "completed" and sync_done["recordsProcessed"] == 50
+        assert other_done["status"] == "failed" and "not implemented" in other_done["error"]
+        workers = await started_by(kafka_bootstrap, unique, scan["id"])
+        assert len(workers) == 2 and workers[1] != first, workers
+
+        class _Settings:
+            data_dir = tmp_path / "data"
+
+        await wait_index(_Settings, fresh_pds.chive_uris())
+    finally:
+        await client.close()
+        for name, process in processes.items():
+            if process.proc.poll() is None:
+                assert process.terminate() == 0, (tmp_path / f"{name}.log").read_text()[-2000:]
