@@ -17,6 +17,7 @@ from pathlib import Path
 import aiosqlite
 
 from events.log import Entry, LogUnavailable, Message, PartitionsCallback, Position
+from events.pulse import Pulse
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS topics (name TEXT PRIMARY KEY, partitions INTEGER NOT NULL);
@@ -47,7 +48,7 @@ class SqliteEventLog:
         self.partitions = partitions
         self._write: aiosqlite.Connection | None = None
         self._read: aiosqlite.Connection | None = None
-        self._appended = asyncio.Condition()
+        self._appended = Pulse()
         self._write_lock = asyncio.Lock()
 
     async def start(self) -> None:
@@ -116,8 +117,7 @@ class SqliteEventLog:
             except BaseException:
                 await conn.rollback()
                 raise
-        async with self._appended:
-            self._appended.notify_all()
+        self._appended.fire()
         return positions
 
     async def _fetch(self, topic: str, partition: int, offset: int, limit: int) -> list[Message]:
@@ -142,11 +142,7 @@ class SqliteEventLog:
         return end
 
     async def _wait_for_append(self, timeout: float) -> None:
-        async with self._appended:
-            try:
-                await asyncio.wait_for(self._appended.wait(), timeout)
-            except TimeoutError:
-                pass
+        await self._appended.wait(timeout)
 
     async def _committed(self, group: str, topic: str) -> dict[int, int]:
         assert self._read is not None

@@ -8,6 +8,7 @@ import logging
 from typing import Protocol
 
 from events.log import EventLog, LogUnavailable, Message, Position
+from events.pulse import Pulse
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ class ProjectionRunner:
         self._projection = projection
         self._name = name
         self._positions: dict[int, int] = {}
-        self._advanced = asyncio.Condition()
+        self._advanced = Pulse()
         self.poisoned = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -54,21 +55,19 @@ class ProjectionRunner:
             log.error("%s: skipped undecodable event %s", self._name, poison)
         for m in messages:
             self._positions[m.partition] = m.offset + 1
-        async with self._advanced:
-            self._advanced.notify_all()
+        self._advanced.fire()
 
     def passed(self, position: Position) -> bool:
         return self._positions.get(position.partition, 0) > position.offset
 
     async def wait_past(self, position: Position, timeout: float) -> bool:
         """True once the projection has folded the event at `position`."""
-        async with self._advanced:
-            try:
-                await asyncio.wait_for(
-                    self._advanced.wait_for(lambda: self.passed(position)), timeout
-                )
-            except TimeoutError:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not self.passed(position):
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
                 return False
+            await self._advanced.wait(remaining)
         return True
 
 
