@@ -114,7 +114,8 @@ async def _events(settings, args) -> int:
             except model.DecodeError:
                 continue
         try:
-            event = msgspec.to_builtins(model.decode(m.value))
+            # Decoded (so upcast to the current schema), then back to plain JSON.
+            event = msgspec.json.decode(model.encode(model.decode(m.value)))
         except model.DecodeError as exc:
             event = {"undecodable": str(exc)}
         line = {"partition": m.partition, "offset": m.offset, "headers": m.headers, "event": event}

@@ -1,0 +1,109 @@
+"""The console script: the minted token works against a running service; events and records
+stats read what the service wrote."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+import httpx
+
+from tests.broker import free_port
+from tests.conftest import eventually
+from tests.harness import SERVICE_DID, ServiceProcess
+
+
+async def cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.cli",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_token_events_and_stats(tmp_path, plc, fresh_pds, unique):
+    did = f"did:plc:cli{unique}"
+    plc.register(did, pds_url=fresh_pds.url)
+    fresh_pds.add_repo(did, {"pub.chive.eprint.submission": 3, "pub.chive.graph.node": 2})
+    port = free_port()
+    env = {
+        "CHIVE_DATA_DIR": str(tmp_path / "data"),
+        "CHIVE_PORT": str(port),
+        "CHIVE_PLC_URL": plc.url,
+        "CHIVE_SERVICE_DID": SERVICE_DID,
+        "CHIVE_LOG_LEVEL": "WARNING",
+    }
+    service = ServiceProcess(env, tmp_path / "service.log")
+    service.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+
+            async def up() -> bool:
+                try:
+                    return (await http.get("/xrpc/_health")).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            await eventually(up, timeout=30, what="API up")
+            code, token, err = await cli(
+                service.env, "token", "--lxm", "pub.chive.admin.triggerBackfill"
+            )
+            assert code == 0 and "did:key:" in err
+            response = await http.post(
+                "/xrpc/pub.chive.admin.triggerBackfill",
+                json={"type": "didSync", "did": did},
+                headers={"authorization": f"Bearer {token.strip()}"},
+            )
+            assert response.status_code == 200, response.text
+            op_id = response.json()["operation"]["id"]
+            # A token for one method is refused by another (lxm).
+            refused = await http.get(
+                "/xrpc/pub.chive.admin.getBackfillStatus",
+                headers={"authorization": f"Bearer {token.strip()}"},
+            )
+            assert refused.status_code == 401
+            _, status_token, _ = await cli(
+                service.env, "token", "--lxm", "pub.chive.admin.getBackfillStatus"
+            )
+
+            async def completed() -> bool:
+                r = await http.get(
+                    "/xrpc/pub.chive.admin.getBackfillStatus",
+                    params={"id": op_id},
+                    headers={"authorization": f"Bearer {status_token.strip()}"},
+                )
+                return r.json()["operation"]["status"] == "completed"
+
+            await eventually(completed, what="didSync completed")
+
+            async def stats_done():
+                code, out, _ = await cli(service.env, "records", "stats")
+                stats = json.loads(out) if code == 0 else {}
+                return stats if stats.get("live") == 5 else None
+
+            stats = await eventually(stats_done, what="record index stats")
+            assert stats["collections"] == {
+                "pub.chive.eprint.submission": 3,
+                "pub.chive.graph.node": 2,
+            }
+    finally:
+        assert service.terminate() == 0
+    code, out, _ = await cli(service.env, "events", "--operation", op_id)
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and lines
+    assert {line["event"]["operation_id"] for line in lines} == {op_id}
+    assert lines[0]["event"]["event_type"] == "BackfillRequested"
+    assert lines[-1]["event"]["event_type"] == "BackfillCompleted"
+    assert lines[-1]["headers"]["backfill_type"] == "didSync"
+    code, out, _ = await cli(service.env, "events", "--records")
+    assert code == 0 and len(out.splitlines()) == 5
+    code, _, err = await cli({**service.env, "CHIVE_EVENT_LOG": "redis"}, "events")
+    assert code == 2 and "sqlite or kafka" in err
