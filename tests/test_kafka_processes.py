@@ -91,11 +91,15 @@ async def test_replicas_share_work_and_take_over_on_crash(
             return (await client.status(scan["id"]))["recordsProcessed"] >= 800
 
         await eventually(halfway, timeout=60, what="pdsScan halfway")
+        # Hold the PDS slow so the kill always lands on work in progress.
+        fresh_pds.faults.delay_s = 1.0
         (first,) = await started_by(kafka_bootstrap, unique, scan["id"])
+        assert (await client.status(scan["id"]))["status"] == "running"
         pid = int(first.rsplit(":", 1)[1])
         victim = next(n for n, p in processes.items() if p.proc.pid == pid)
         assert victim.startswith("pdsScan-")
         processes[victim].kill()
+        fresh_pds.faults.delay_s = 0.01
 
         scan_done = await client.wait_finished(scan["id"], timeout=90)
         sync_done = await client.wait_finished(sync["id"], timeout=60)
