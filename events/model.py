@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -149,6 +149,14 @@ def _ulid() -> str:
         out.append(_ALPHABET[n & 31])
         n >>= 5
     return "".join(reversed(out))
+
+
+E = TypeVar("E", bound=Event)
+
+
+def new_event(cls: type[E], operation_id: str, **fields: Any) -> E:
+    """An event stamped now with a fresh id: how every producer creates one."""
+    return cls(event_id=new_event_id(), operation_id=operation_id, occurred_at=now_ms(), **fields)
 
 
 def now_ms() -> int:

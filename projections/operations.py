@@ -9,10 +9,8 @@ changes again; `records_processed` only grows until the final count of a complet
 from __future__ import annotations
 
 import base64
-from pathlib import Path
 from typing import Any
 
-import aiosqlite
 import msgspec
 
 from events import model
@@ -125,36 +123,18 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
         raise InvalidCursor("cursor is not one this service issued") from exc
 
 
-class OperationsStore:
+class OperationsStore(tracking.TrackedStore):
     """SQLite store of the operations projection; positions tracked with the state."""
 
     topic = model.OPERATIONS_TOPIC
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._conn: aiosqlite.Connection | None = None
-
-    async def open(self) -> None:
-        self._conn = await tracking.connect(self.path, _SCHEMA)
-
-    async def close(self) -> None:
-        if self._conn is not None:
-            await self._conn.close()
-            self._conn = None
-
-    async def positions(self) -> dict[int, int]:
-        assert self._conn is not None
-        return await tracking.load(self._conn, self.topic)
+    schema = _SCHEMA
 
     async def apply(self, messages: list[Message]) -> list[str]:
         """Fold a batch in one transaction; returns undecodable events' descriptions."""
-        conn = self._conn
-        assert conn is not None
         poison: list[str] = []
         positions: dict[int, int] = {}
         cache: dict[str, Operation | None] = {}
-        await conn.execute("BEGIN IMMEDIATE")
-        try:
+        async with self.transaction(positions) as conn:
             for message in messages:
                 positions[message.partition] = message.offset + 1
                 try:
@@ -188,16 +168,10 @@ class OperationsStore:
                             _encode(new),
                         ),
                     )
-            await tracking.save(conn, self.topic, positions)
-            await conn.commit()
-        except BaseException:
-            await conn.rollback()
-            raise
         return poison
 
     async def _load(self, op_id: str) -> Operation | None:
-        assert self._conn is not None
-        async with self._conn.execute("SELECT state FROM operations WHERE id = ?", (op_id,)) as cur:
+        async with self.conn.execute("SELECT state FROM operations WHERE id = ?", (op_id,)) as cur:
             row = await cur.fetchone()
         return _decode_operation(row[0]) if row else None
 
@@ -205,8 +179,7 @@ class OperationsStore:
         return await self._load(op_id)
 
     async def find_running(self, dedupe_key: str) -> Operation | None:
-        assert self._conn is not None
-        async with self._conn.execute(
+        async with self.conn.execute(
             "SELECT state FROM operations WHERE dedupe_key = ? AND status = 'running' "
             "ORDER BY started_at DESC LIMIT 1",
             (dedupe_key,),
@@ -223,7 +196,6 @@ class OperationsStore:
         cursor: str | None = None,
     ) -> tuple[list[Operation], str | None]:
         """Newest first (start time, then id), keyset-paginated."""
-        assert self._conn is not None
         where, args = [], []
         if statuses:
             where.append(f"status IN ({','.join('?' * len(statuses))})")
@@ -240,13 +212,12 @@ class OperationsStore:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY started_at DESC, id DESC LIMIT ?"
         args.append(limit + 1)
-        async with self._conn.execute(sql, args) as cur:
+        async with self.conn.execute(sql, args) as cur:
             rows = await cur.fetchall()
         ops = [_decode_operation(r[0]) for r in rows[:limit]]
         next_cursor = encode_cursor(ops[-1]) if len(rows) > limit else None
         return ops, next_cursor
 
     async def all(self) -> list[Operation]:
-        assert self._conn is not None
-        async with self._conn.execute("SELECT state FROM operations ORDER BY id") as cur:
+        async with self.conn.execute("SELECT state FROM operations ORDER BY id") as cur:
             return [_decode_operation(r[0]) for r in await cur.fetchall()]

@@ -6,10 +6,8 @@ a tombstone. So a worker that re-emits a page after a crash never indexes a reco
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import aiosqlite
 import msgspec
 
 from events import model
@@ -50,28 +48,11 @@ class IndexedRecord(msgspec.Struct):
     deleted: bool
 
 
-class RecordIndex:
+class RecordIndex(tracking.TrackedStore):
     topic = model.RECORDS_TOPIC
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._conn: aiosqlite.Connection | None = None
-
-    async def open(self) -> None:
-        self._conn = await tracking.connect(self.path, _SCHEMA)
-
-    async def close(self) -> None:
-        if self._conn is not None:
-            await self._conn.close()
-            self._conn = None
-
-    async def positions(self) -> dict[int, int]:
-        assert self._conn is not None
-        return await tracking.load(self._conn, self.topic)
+    schema = _SCHEMA
 
     async def apply(self, messages: list[Message]) -> list[str]:
-        conn = self._conn
-        assert conn is not None
         poison: list[str] = []
         positions: dict[int, int] = {}
         # Consecutive events of one kind go to SQLite in one executemany: one thread round trip
@@ -108,20 +89,13 @@ class RecordIndex:
                 runs[-1][1].append(row)
             else:
                 runs.append((sql, [row]))
-        await conn.execute("BEGIN IMMEDIATE")
-        try:
+        async with self.transaction(positions) as conn:
             for sql, rows in runs:
                 await conn.executemany(sql, rows)
-            await tracking.save(conn, self.topic, positions)
-            await conn.commit()
-        except BaseException:
-            await conn.rollback()
-            raise
         return poison
 
     async def get(self, uri: str) -> IndexedRecord | None:
-        assert self._conn is not None
-        async with self._conn.execute(
+        async with self.conn.execute(
             "SELECT uri, did, collection, rkey, cid, value, indexed_at, deleted "
             "FROM records WHERE uri = ?",
             (uri,),
@@ -134,8 +108,7 @@ class RecordIndex:
 
     async def stats(self) -> dict[str, Any]:
         """Live records per collection, plus totals."""
-        assert self._conn is not None
-        async with self._conn.execute(
+        async with self.conn.execute(
             "SELECT collection, SUM(deleted = 0), SUM(deleted = 1) FROM records "
             "GROUP BY collection ORDER BY collection"
         ) as cur:
@@ -149,8 +122,7 @@ class RecordIndex:
 
     async def uris(self) -> list[tuple[str, str]]:
         """(uri, cid) of every live record, sorted: for comparisons in tests and audits."""
-        assert self._conn is not None
-        async with self._conn.execute(
+        async with self.conn.execute(
             "SELECT uri, cid FROM records WHERE deleted = 0 ORDER BY uri"
         ) as cur:
             return [tuple(r) for r in await cur.fetchall()]

@@ -4,6 +4,8 @@ event's effect exactly once however often the log delivers it."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiosqlite
@@ -39,3 +41,45 @@ async def save(conn: aiosqlite.Connection, topic: str, positions: dict[int, int]
         "ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
         [(topic, p, o) for p, o in positions.items()],
     )
+
+
+class TrackedStore:
+    """A projection's SQLite database: its connection, its stored positions, and the one
+    transaction shape every fold uses (state and positions commit together)."""
+
+    topic: str
+    schema: str
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn: aiosqlite.Connection | None = None
+
+    async def open(self) -> None:
+        self._conn = await connect(self.path, self.schema)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+    @property
+    def conn(self) -> aiosqlite.Connection:
+        if self._conn is None:
+            raise RuntimeError(f"{self.path} is not open")
+        return self._conn
+
+    async def positions(self) -> dict[int, int]:
+        return await load(self.conn, self.topic)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self, positions: dict[int, int]) -> AsyncIterator[aiosqlite.Connection]:
+        """Writes inside commit with `positions` (filled in by the caller as it goes)."""
+        conn = self.conn
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            await save(conn, self.topic, positions)
+            await conn.commit()
+        except BaseException:
+            await conn.rollback()
+            raise

@@ -91,6 +91,36 @@ def settings_for(
     )
 
 
+def service_env(
+    data_dir: Path,
+    port: int,
+    plc_url: str,
+    admin: Admin | None = None,
+    kafka: str | None = None,
+    namespace: str = "",
+) -> dict[str, str]:
+    """Environment of a `chive-backfill` subprocess: the settings_for() of the process world."""
+    env = {
+        "CHIVE_DATA_DIR": str(data_dir),
+        "CHIVE_PORT": str(port),
+        "CHIVE_PLC_URL": plc_url,
+        "CHIVE_SERVICE_DID": SERVICE_DID,
+        "CHIVE_PARTITIONS": "3",
+        "CHIVE_LOG_LEVEL": "WARNING",
+    }
+    if admin is not None:
+        env["CHIVE_ADMIN_DIDS"] = admin.did
+    if kafka:
+        env.update(
+            CHIVE_EVENT_LOG="kafka",
+            KAFKA_BOOTSTRAP_SERVERS=kafka,
+            CHIVE_KAFKA_NAMESPACE=namespace,
+            CHIVE_KAFKA_SESSION_TIMEOUT_MS="2000",
+            CHIVE_KAFKA_HEARTBEAT_MS="300",
+        )
+    return env
+
+
 @contextlib.asynccontextmanager
 async def running_service(settings: Settings, admin: Admin) -> AsyncIterator[Client]:
     stop = asyncio.Event()

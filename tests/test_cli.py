@@ -11,7 +11,7 @@ import httpx
 
 from tests.broker import free_port
 from tests.conftest import eventually
-from tests.harness import SERVICE_DID, ServiceProcess
+from tests.harness import ServiceProcess, service_env
 
 
 async def cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
@@ -33,13 +33,8 @@ async def test_token_events_and_stats(tmp_path, plc, fresh_pds, unique):
     plc.register(did, pds_url=fresh_pds.url)
     fresh_pds.add_repo(did, {"pub.chive.eprint.submission": 3, "pub.chive.graph.node": 2})
     port = free_port()
-    env = {
-        "CHIVE_DATA_DIR": str(tmp_path / "data"),
-        "CHIVE_PORT": str(port),
-        "CHIVE_PLC_URL": plc.url,
-        "CHIVE_SERVICE_DID": SERVICE_DID,
-        "CHIVE_LOG_LEVEL": "WARNING",
-    }
+    # No CHIVE_ADMIN_DIDS: the admin is the local key that `chive-backfill token` signs with.
+    env = service_env(tmp_path / "data", port, plc.url)
     service = ServiceProcess(env, tmp_path / "service.log")
     service.start()
     base = f"http://127.0.0.1:{port}"

@@ -13,7 +13,7 @@ import pytest
 
 from tests.broker import free_port
 from tests.conftest import eventually
-from tests.harness import SERVICE_DID, Admin, Client, ServiceProcess
+from tests.harness import Admin, Client, ServiceProcess, service_env
 from tests.test_end_to_end import wait_index
 
 KILLS = 3
@@ -26,23 +26,8 @@ async def test_sigkill_mid_run_resumes_to_exact_counts(
     rng = random.Random(f"crash-{log_kind}")
     admin = Admin()
     port = free_port()
-    env = {
-        "CHIVE_DATA_DIR": str(tmp_path / "data"),
-        "CHIVE_PORT": str(port),
-        "CHIVE_PLC_URL": plc.url,
-        "CHIVE_ADMIN_DIDS": admin.did,
-        "CHIVE_SERVICE_DID": SERVICE_DID,
-        "CHIVE_PARTITIONS": "3",
-        "CHIVE_LOG_LEVEL": "WARNING",
-    }
-    if log_kind == "kafka":
-        env.update(
-            CHIVE_EVENT_LOG="kafka",
-            KAFKA_BOOTSTRAP_SERVERS=request.getfixturevalue("kafka_bootstrap"),
-            CHIVE_KAFKA_NAMESPACE=unique,
-            CHIVE_KAFKA_SESSION_TIMEOUT_MS="2000",
-            CHIVE_KAFKA_HEARTBEAT_MS="300",
-        )
+    kafka = request.getfixturevalue("kafka_bootstrap") if log_kind == "kafka" else None
+    env = service_env(tmp_path / "data", port, plc.url, admin, kafka=kafka, namespace=unique)
     fresh_pds.faults.delay_s = 0.01
     for i in range(8):
         fresh_pds.add_repo(

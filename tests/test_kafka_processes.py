@@ -10,7 +10,7 @@ from events import model
 from events.kafka_log import KafkaEventLog
 from tests.broker import free_port
 from tests.conftest import eventually
-from tests.harness import SERVICE_DID, Admin, Client, ServiceProcess
+from tests.harness import Admin, Client, ServiceProcess, service_env
 from tests.test_end_to_end import wait_index
 
 
@@ -38,20 +38,9 @@ async def test_replicas_share_work_and_take_over_on_crash(
 ):
     admin = Admin()
     port = free_port()
-    env = {
-        "CHIVE_EVENT_LOG": "kafka",
-        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "CHIVE_KAFKA_NAMESPACE": unique,
-        "CHIVE_KAFKA_SESSION_TIMEOUT_MS": "2000",
-        "CHIVE_KAFKA_HEARTBEAT_MS": "300",
-        "CHIVE_DATA_DIR": str(tmp_path / "data"),
-        "CHIVE_PORT": str(port),
-        "CHIVE_PLC_URL": plc.url,
-        "CHIVE_ADMIN_DIDS": admin.did,
-        "CHIVE_SERVICE_DID": SERVICE_DID,
-        "CHIVE_PARTITIONS": "3",
-        "CHIVE_LOG_LEVEL": "WARNING",
-    }
+    env = service_env(
+        tmp_path / "data", port, plc.url, admin, kafka=kafka_bootstrap, namespace=unique
+    )
     fresh_pds.faults.delay_s = 0.01
     for i in range(6):
         fresh_pds.add_repo(f"did:plc:k{i}{unique}", {"pub.chive.graph.node": 400})

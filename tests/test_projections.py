@@ -157,7 +157,7 @@ async def test_runner_resumes_from_the_stored_position(tmp_path):
     await store.open()
     await run_until(2)
     assert len(await store.all()) == applied_before + 5 == 10
-    async with store._conn.execute("SELECT COUNT(*) FROM applied_events") as cur:
+    async with store.conn.execute("SELECT COUNT(*) FROM applied_events") as cur:
         assert (await cur.fetchone())[0] == 10
     await store.close()
     await log.close()

@@ -58,10 +58,9 @@ class Api:
             running = await self.store.find_running(key)
             if running is not None:
                 return {"operation": operation_view(running)}
-            event = model.BackfillRequested(
-                event_id=model.new_event_id(),
-                operation_id=model.new_operation_id(),
-                occurred_at=model.now_ms(),
+            event = model.new_event(
+                model.BackfillRequested,
+                model.new_operation_id(),
                 backfill_type=kind,
                 params=params,
                 requested_by=call.caller.did,
@@ -106,10 +105,9 @@ class Api:
             return {"success": False}
         if not op.cancel_requested:
             await self._append(
-                model.BackfillCancelRequested(
-                    event_id=model.new_event_id(),
-                    operation_id=op.id,
-                    occurred_at=model.now_ms(),
+                model.new_event(
+                    model.BackfillCancelRequested,
+                    op.id,
                     backfill_type=op.type,
                     requested_by=call.caller.did,
                 )

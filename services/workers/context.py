@@ -122,10 +122,9 @@ class WorkContext:
             self._last_emit = time.monotonic()
             self._emitted_records = records
             await self._append(
-                model.BackfillProgressed(
-                    event_id=model.new_event_id(),
-                    operation_id=self.operation_id,
-                    occurred_at=model.now_ms(),
+                model.new_event(
+                    model.BackfillProgressed,
+                    self.operation_id,
                     backfill_type=self.backfill_type,
                     records_processed=records,
                     total_records=total,

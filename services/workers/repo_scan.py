@@ -87,10 +87,9 @@ def _upsert(
     parsed = parse_at_uri(record.uri)
     if parsed is None or parsed[0] != did or parsed[1] != collection or parsed[2] is None:
         return None
-    return model.RecordUpserted(
-        event_id=model.new_event_id(),
-        operation_id=operation_id,
-        occurred_at=model.now_ms(),
+    return model.new_event(
+        model.RecordUpserted,
+        operation_id,
         uri=record.uri,
         did=did,
         collection=collection,

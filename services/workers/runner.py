@@ -188,10 +188,9 @@ class WorkerService:
     async def _execute(self, tracked: _Tracked, ctx: WorkContext) -> None:
         op = tracked.op
         await self._append(
-            model.BackfillStarted(
-                event_id=model.new_event_id(),
-                operation_id=op.id,
-                occurred_at=model.now_ms(),
+            model.new_event(
+                model.BackfillStarted,
+                op.id,
                 backfill_type=op.type,
                 worker=self._id,
                 attempt=op.attempts + 1,
@@ -200,10 +199,9 @@ class WorkerService:
         heartbeat = asyncio.create_task(ctx.heartbeat())
         try:
             outcome = await self._handler(ctx)
-            final: model.OperationEvent = model.BackfillCompleted(
-                event_id=model.new_event_id(),
-                operation_id=op.id,
-                occurred_at=model.now_ms(),
+            final: model.OperationEvent = model.new_event(
+                model.BackfillCompleted,
+                op.id,
                 backfill_type=op.type,
                 records_processed=outcome.records_processed,
                 total_records=outcome.total_records,
@@ -241,19 +239,17 @@ class WorkerService:
                 await asyncio.sleep(_RETRY_DELAY_S)
 
     def _cancelled(self, op: Operation, records: int | None) -> model.BackfillCancelled:
-        return model.BackfillCancelled(
-            event_id=model.new_event_id(),
-            operation_id=op.id,
-            occurred_at=model.now_ms(),
+        return model.new_event(
+            model.BackfillCancelled,
+            op.id,
             backfill_type=op.type,
             records_processed=records,
         )
 
     def _failed(self, op: Operation, error: str, records: int | None) -> model.BackfillFailed:
-        return model.BackfillFailed(
-            event_id=model.new_event_id(),
-            operation_id=op.id,
-            occurred_at=model.now_ms(),
+        return model.new_event(
+            model.BackfillFailed,
+            op.id,
             backfill_type=op.type,
             error=error,
             records_processed=records,
