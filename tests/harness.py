@@ -50,6 +50,13 @@ class Client:
     async def get(self, nsid: str, admin: Admin | None = None, **params) -> httpx.Response:
         return await self.http.get(f"/xrpc/{nsid}", params=params, headers=self.auth(nsid, admin))
 
+    async def up(self) -> bool:
+        """True once the API answers its health check."""
+        try:
+            return (await self.http.get("/xrpc/_health")).status_code == 200
+        except httpx.TransportError:
+            return False
+
     async def trigger(self, **body) -> dict[str, Any]:
         response = await self.post("pub.chive.admin.triggerBackfill", body)
         assert response.status_code == 200, response.text

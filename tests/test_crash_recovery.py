@@ -8,7 +8,6 @@ import json
 import random
 import sys
 
-import httpx
 import pytest
 
 from tests.broker import free_port
@@ -42,15 +41,9 @@ async def test_sigkill_mid_run_resumes_to_exact_counts(
     service = ServiceProcess(env, tmp_path / "service.log")
     client = Client(f"http://127.0.0.1:{port}", admin)
 
-    async def api_up() -> bool:
-        try:
-            return (await client.http.get("/xrpc/_health")).status_code == 200
-        except httpx.TransportError:
-            return False
-
     try:
         service.start()
-        await eventually(api_up, timeout=30, what="API up")
+        await eventually(lambda: client.up(), timeout=30, what="API up")
         scan = await client.trigger(type="pdsScan", pdsUrl=fresh_pds.url)
         sync = await client.trigger(type="didSync", did=did)
         for kill in range(KILLS):
@@ -66,7 +59,7 @@ async def test_sigkill_mid_run_resumes_to_exact_counts(
             await eventually(reached, timeout=60, what=f"kill point {kill}")
             service.kill()
             service.start()
-            await eventually(api_up, timeout=30, what="API up after restart")
+            await eventually(lambda: client.up(), timeout=30, what="API up after restart")
         scan_done = await client.wait_finished(scan["id"], timeout=120)
         sync_done = await client.wait_finished(sync["id"], timeout=120)
     finally:
@@ -86,7 +79,7 @@ async def test_sigkill_mid_run_resumes_to_exact_counts(
     service.start()
     client = Client(f"http://127.0.0.1:{port}", admin)
     try:
-        await eventually(api_up, timeout=30, what="API up for the index check")
+        await eventually(lambda: client.up(), timeout=30, what="API up for the index check")
         await wait_index(_Settings, fresh_pds.chive_uris())
     finally:
         await client.close()

@@ -4,8 +4,6 @@ resumes from the checkpoint to the exact count."""
 
 from __future__ import annotations
 
-import httpx
-
 from events import model
 from events.kafka_log import KafkaEventLog
 from tests.broker import free_port
@@ -64,14 +62,8 @@ async def test_replicas_share_work_and_take_over_on_crash(
         processes[name].start()
     client = Client(f"http://127.0.0.1:{port}", admin)
 
-    async def api_up() -> bool:
-        try:
-            return (await client.http.get("/xrpc/_health")).status_code == 200
-        except httpx.TransportError:
-            return False
-
     try:
-        await eventually(api_up, timeout=30, what="API up")
+        await eventually(lambda: client.up(), timeout=30, what="API up")
         scan = await client.trigger(type="pdsScan", pdsUrl=fresh_pds.url)
         sync = await client.trigger(type="didSync", did=did)
         other = await client.trigger(type="governanceSync")
