@@ -14,7 +14,6 @@ from typing import Any
 import msgspec
 
 from events import model
-from events.log import Message
 from projections import tracking
 
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
@@ -129,19 +128,11 @@ class OperationsStore(tracking.TrackedStore):
     topic = model.OPERATIONS_TOPIC
     schema = _SCHEMA
 
-    async def apply(self, messages: list[Message]) -> list[str]:
-        """Fold a batch in one transaction; returns undecodable events' descriptions."""
-        poison: list[str] = []
-        positions: dict[int, int] = {}
+    async def apply(self, events: list[model.AnyEvent], positions: dict[int, int]) -> None:
+        """Fold a batch and store `positions` in one transaction."""
         cache: dict[str, Operation | None] = {}
         async with self.transaction(positions) as conn:
-            for message in messages:
-                positions[message.partition] = message.offset + 1
-                try:
-                    event = model.decode(message.value)
-                except model.DecodeError as exc:
-                    poison.append(f"{message.partition}@{message.offset}: {exc}")
-                    continue
+            for event in events:
                 if not isinstance(event, model.OperationEvent):
                     continue
                 cur = await conn.execute(
@@ -168,7 +159,6 @@ class OperationsStore(tracking.TrackedStore):
                             _encode(new),
                         ),
                     )
-        return poison
 
     async def _load(self, op_id: str) -> Operation | None:
         async with self.conn.execute("SELECT state FROM operations WHERE id = ?", (op_id,)) as cur:

@@ -11,7 +11,6 @@ from typing import Any
 import msgspec
 
 from events import model
-from events.log import Message
 from projections import tracking
 
 _SCHEMA = """
@@ -52,19 +51,11 @@ class RecordIndex(tracking.TrackedStore):
     topic = model.RECORDS_TOPIC
     schema = _SCHEMA
 
-    async def apply(self, messages: list[Message]) -> list[str]:
-        poison: list[str] = []
-        positions: dict[int, int] = {}
+    async def apply(self, events: list[model.AnyEvent], positions: dict[int, int]) -> None:
         # Consecutive events of one kind go to SQLite in one executemany: one thread round trip
         # per run instead of per record, with the log's order kept between runs.
         runs: list[tuple[str, list[tuple]]] = []
-        for message in messages:
-            positions[message.partition] = message.offset + 1
-            try:
-                event = model.decode(message.value)
-            except model.DecodeError as exc:
-                poison.append(f"{message.partition}@{message.offset}: {exc}")
-                continue
+        for event in events:
             if isinstance(event, model.RecordUpserted):
                 sql, row = (
                     _UPSERT,
@@ -92,7 +83,14 @@ class RecordIndex(tracking.TrackedStore):
         async with self.transaction(positions) as conn:
             for sql, rows in runs:
                 await conn.executemany(sql, rows)
-        return poison
+
+    async def rows(self) -> list[tuple]:
+        """Every row, sorted by uri: what an audit compares."""
+        async with self.conn.execute(
+            "SELECT uri, did, collection, rkey, cid, value, indexed_at, deleted "
+            "FROM records ORDER BY uri"
+        ) as cur:
+            return [tuple(r) for r in await cur.fetchall()]
 
     async def get(self, uri: str) -> IndexedRecord | None:
         async with self.conn.execute(

@@ -7,6 +7,7 @@ import asyncio
 import logging
 from typing import Protocol
 
+from events import dlq, model
 from events.log import EventLog, LogUnavailable, Message, Position
 from events.pulse import Pulse
 
@@ -20,7 +21,25 @@ class Projection(Protocol):
 
     async def positions(self) -> dict[int, int]: ...
 
-    async def apply(self, messages: list[Message]) -> list[str]: ...
+    async def apply(self, events: list[model.AnyEvent], positions: dict[int, int]) -> None:
+        """Fold `events` and store `positions` in one transaction."""
+
+
+def decode_batch(
+    messages: list[Message],
+) -> tuple[list[tuple[Message, model.AnyEvent]], list[tuple[Message, str]]]:
+    """(decoded, undecodable with the reason)."""
+    good, poison = [], []
+    for m in messages:
+        try:
+            good.append((m, model.decode(m.value)))
+        except model.DecodeError as exc:
+            poison.append((m, f"undecodable: {exc}"))
+    return good, poison
+
+
+def positions_after(messages: list[Message]) -> dict[int, int]:
+    return {m.partition: m.offset + 1 for m in messages}
 
 
 class ProjectionRunner:
@@ -50,12 +69,37 @@ class ProjectionRunner:
                 await reader.stop()
 
     async def _fold(self, messages: list[Message]) -> None:
-        for poison in await self._projection.apply(messages):
-            self.poisoned += 1
-            log.error("%s: skipped undecodable event %s", self._name, poison)
-        for m in messages:
-            self._positions[m.partition] = m.offset + 1
+        good, poison = decode_batch(messages)
+        try:
+            await self._park(poison)
+            await self._projection.apply([e for _, e in good], positions_after(messages))
+        except (LogUnavailable, asyncio.CancelledError):
+            raise
+        except Exception:
+            # Something in the batch cannot be folded: fold one by one to find it, park it,
+            # and move on; the rest of the batch is not held back.
+            log.exception("%s: batch fold failed; isolating the poison event", self._name)
+            for message, event in good:
+                try:
+                    await self._projection.apply([event], positions_after([message]))
+                except Exception as exc:
+                    await self._park([(message, f"fold failed: {type(exc).__name__}: {exc}")])
+                    await self._projection.apply([], positions_after([message]))
+        self._positions.update(positions_after(messages))
         self._advanced.fire()
+
+    async def _park(self, poison: list[tuple[Message, str]]) -> None:
+        """Dead-letter first, durably, so skipping an event never loses it."""
+        for message, reason in poison:
+            self.poisoned += 1
+            log.error(
+                "%s: parking %s@%s in the DLQ: %s",
+                self._name,
+                message.partition,
+                message.offset,
+                reason,
+            )
+        await dlq.park(self._log, [dlq.letter(m, r, f"projection:{self._name}") for m, r in poison])
 
     def passed(self, position: Position) -> bool:
         return self._positions.get(position.partition, 0) > position.offset

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import uvicorn
 
-from events import model
+from events import dlq, model
 from events.kafka_log import KafkaEventLog
 from events.log import EventLog
 from events.sqlite_log import SqliteEventLog
@@ -61,7 +61,7 @@ async def open_log(settings: Settings) -> AsyncIterator[EventLog]:
     event_log = make_log(settings)
     await event_log.start()
     try:
-        await event_log.ensure_topics([model.OPERATIONS_TOPIC, model.RECORDS_TOPIC])
+        await event_log.ensure_topics([model.OPERATIONS_TOPIC, model.RECORDS_TOPIC, dlq.DLQ_TOPIC])
         yield event_log
     finally:
         await event_log.close()

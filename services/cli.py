@@ -36,6 +36,15 @@ def _parser() -> argparse.ArgumentParser:
     events.add_argument("--records", action="store_true", help="the records topic instead")
     records = sub.add_parser("records", help="the record index")
     records.add_argument("action", choices=["stats"])
+    replay = sub.add_parser("replay", help="fold the whole log afresh and compare (audit)")
+    replay.add_argument(
+        "--verify",
+        action="store_true",
+        required=True,
+        help="compare with the live projections; exit 1 on any difference",
+    )
+    dead = sub.add_parser("dlq", help="the dead-letter topic")
+    dead.add_argument("action", choices=["list", "replay"])
     token = sub.add_parser("token", help="mint a service-auth JWT signed by the local admin key")
     token.add_argument("--lxm", default=None, help="method NSID (default: every admin method)")
     token.add_argument("--ttl", type=int, default=3600, help="seconds the token is valid")
@@ -62,6 +71,10 @@ async def _async_main(settings, args) -> int:
         return await _events(settings, args)
     if args.command == "records":
         return await _records(settings)
+    if args.command == "replay":
+        return await _replay(settings)
+    if args.command == "dlq":
+        return await _dlq(settings, args.action)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -132,6 +145,55 @@ async def _records(settings) -> int:
         print(json.dumps(await index.stats(), indent=2, sort_keys=True))
     finally:
         await index.close()
+    return 0
+
+
+async def _replay(settings) -> int:
+    from services.audit import verify
+
+    async with bootstrap.open_log(settings) as event_log:
+        try:
+            report = await verify(event_log, settings.data_dir)
+        except FileNotFoundError as exc:
+            print(f"chive-backfill: {exc}", file=sys.stderr)
+            return 2
+    for line in report["differences"]:
+        print(line)
+    print(
+        json.dumps(
+            {
+                "operations": report["operations"],
+                "records": report["records"],
+                "differences": len(report["differences"]),
+            }
+        )
+    )
+    return 1 if report["differences"] else 0
+
+
+async def _dlq(settings, action: str) -> int:
+    from events import dlq
+
+    async with bootstrap.open_log(settings) as event_log:
+        letters = await dlq.read_all(event_log)
+        if action == "replay":
+            print(json.dumps({"replayed": await dlq.replay(event_log, letters)}))
+            return 0
+    for d in letters:
+        print(
+            json.dumps(
+                {
+                    "topic": d.topic,
+                    "partition": d.partition,
+                    "offset": d.offset,
+                    "key": d.key,
+                    "reason": d.reason,
+                    "consumer": d.consumer,
+                    "dead_at": model.format_datetime(d.dead_at),
+                    "event_type": d.headers.get("event_type"),
+                }
+            )
+        )
     return 0
 
 

@@ -17,7 +17,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from events import model
+from events import dlq, model
 from events.log import Entry, EventLog, GroupConsumer, LogUnavailable, Message
 from projections.operations import Operation, fold
 from services.workers.context import (
@@ -77,8 +77,9 @@ class WorkerService:
                 await consumer.start()
                 while not stop.is_set():
                     messages = await consumer.poll(0.2)
-                    for message in messages:
-                        self._consume(message)
+                    poison = [p for m in messages if (p := self._consume(m)) is not None]
+                    # Parked before the commit moves past them: a skipped event is never lost.
+                    await dlq.park(self._log, poison)
                     await self._start_ready(consumer)
                     await self._commit(consumer)
             except LogUnavailable as exc:
@@ -115,28 +116,29 @@ class WorkerService:
             await asyncio.gather(task, return_exceptions=True)
 
     # -- folding -------------------------------------------------------------------------
-    def _consume(self, message: Message) -> None:
+    def _consume(self, message: Message) -> dlq.DeadLetter | None:
+        """Fold one message; an undecodable one of our type comes back as a dead letter."""
         self._next[message.partition] = message.offset + 1
         if message.headers.get("backfill_type") != self.backfill_type:
-            return
+            return None
         try:
             event = model.decode(message.value)
         except model.DecodeError as exc:
             log.error(
-                "%s: undecodable event at %s@%s: %s",
+                "%s: parking undecodable event %s@%s: %s",
                 self._id,
                 message.partition,
                 message.offset,
                 exc,
             )
-            return
+            return dlq.letter(message, f"undecodable: {exc}", f"worker:{self.backfill_type}")
         if not isinstance(event, model.OperationEvent):
-            return
+            return None
         tracked = self._ops.get(event.operation_id)
         before = tracked.op if tracked else None
         after = fold(before, event)
         if after is None:
-            return
+            return None
         if tracked is None:
             self._ops[event.operation_id] = _Tracked(after, message.partition, message.offset)
         else:
@@ -150,6 +152,7 @@ class WorkerService:
             running = self._running.get(event.operation_id)
             if running is not None:
                 running[1].request_cancel()
+        return None
 
     # -- scheduling ----------------------------------------------------------------------
     async def _start_ready(self, consumer: GroupConsumer) -> None:
