@@ -63,12 +63,15 @@ class BackfillProgressed(Event, tag="BackfillProgressed", frozen=True):
     checkpoint: dict[str, Any] | None = None
 
 
-class BackfillCompleted(Event, tag="BackfillCompleted", frozen=True):
+class BackfillCompleted(Event, tag="BackfillCompleted", frozen=True, kw_only=True):
     backfill_type: str
     records_processed: int
     total_records: int | None = None
     # PDS base URLs the operation read from; pdsScan without a URL scans every one ever seen.
     sources: list[str] = []
+    # v2: records seen but not indexed (they failed validation). v1 events upcast to 0.
+    records_skipped: int = 0
+    schema_version: int = 2
 
 
 class BackfillFailed(Event, tag="BackfillFailed", frozen=True):
@@ -123,7 +126,18 @@ _decoder = msgspec.json.Decoder(AnyEvent)
 # Upcasters turn the raw dict of an old schema version into the next version, keyed by
 # (event_type, from_version). Decoding applies them in a chain, so a replay of an old log folds.
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
-UPCASTERS: dict[tuple[str, int], Upcaster] = {}
+
+
+def _completed_v1_to_v2(raw: dict[str, Any]) -> dict[str, Any]:
+    # v1 had no skip count: nothing was counted as skipped then.
+    return {**raw, "records_skipped": 0}
+
+
+UPCASTERS: dict[tuple[str, int], Upcaster] = {
+    ("BackfillCompleted", 1): _completed_v1_to_v2,
+}
+# The version each event type is written at now; older ones are upcast on decode.
+CURRENT_VERSIONS: dict[str, int] = {"BackfillCompleted": 2}
 
 
 class DecodeError(ValueError):
@@ -175,7 +189,7 @@ def encode(event: AnyEvent) -> bytes:
 
 def headers_for(event: AnyEvent) -> dict[str, str]:
     headers = {
-        "event_type": type(event).__struct_config__.tag,
+        "event_type": _tag(event),
         "event_id": event.event_id,
         "schema_version": str(event.schema_version),
     }
@@ -188,15 +202,31 @@ def headers_for(event: AnyEvent) -> dict[str, str]:
 def decode(value: bytes) -> AnyEvent:
     """Decode an event, upcasting older schema versions first. Raises DecodeError."""
     try:
-        if not UPCASTERS:
-            return _decoder.decode(value)
-        raw = msgspec.json.decode(value)
-        if not isinstance(raw, dict):
-            raise DecodeError("event is not a JSON object")
-        raw = upcast(raw)
-        return msgspec.convert(raw, AnyEvent)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        event = _decoder.decode(value)
+        if event.schema_version == CURRENT_VERSIONS.get(_tag(event), 1):
+            return event
+    except msgspec.ValidationError:
+        pass  # perhaps an older version whose shape differs: upcast below
+    except msgspec.DecodeError as exc:
         raise DecodeError(str(exc)) from exc
+    try:
+        raw = msgspec.json.decode(value)
+    except msgspec.DecodeError as exc:
+        raise DecodeError(str(exc)) from exc
+    if not isinstance(raw, dict):
+        raise DecodeError("event is not a JSON object")
+    version = raw.get("schema_version", 1)
+    current = CURRENT_VERSIONS.get(raw.get("event_type"), 1)
+    if not isinstance(version, int) or version > current:
+        raise DecodeError(f"schema_version {version!r} is not one this service reads")
+    try:
+        return msgspec.convert(upcast(raw), AnyEvent)
+    except msgspec.ValidationError as exc:
+        raise DecodeError(str(exc)) from exc
+
+
+def _tag(event: AnyEvent) -> str:
+    return type(event).__struct_config__.tag
 
 
 def upcast(raw: dict[str, Any]) -> dict[str, Any]:

@@ -29,6 +29,7 @@ class Operation(msgspec.Struct, kw_only=True):
     dedupe_key: str
     updated_at: int
     records_processed: int = 0
+    records_skipped: int = 0
     total_records: int | None = None
     completed_at: int | None = None
     error: str | None = None
@@ -75,6 +76,7 @@ def fold(state: Operation | None, event: model.OperationEvent) -> Operation | No
                 records_processed=event.records_processed,
                 completed_at=event.occurred_at,
                 sources=list(event.sources),
+                records_skipped=event.records_skipped,
             )
             if event.total_records is not None:
                 changes["total_records"] = event.total_records

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 
+import msgspec
+
 from events import model
 from projections.operations import fold
 
@@ -135,14 +137,45 @@ def test_undecodable_events_raise_decode_error():
             model.decode(raw)
 
 
-def test_upcaster_chain_applies_to_old_versions(monkeypatch):
-    def v1_to_v2(raw):
-        return {**raw, "error": raw["error"] + " (upcast)"}
+V1_COMPLETED = (
+    b'{"event_type":"BackfillCompleted","event_id":"old1","operation_id":"op1",'
+    b'"occurred_at":3000,"schema_version":1,"backfill_type":"didSync",'
+    b'"records_processed":12,"total_records":null,"sources":["https://pds.example"]}'
+)
 
-    monkeypatch.setitem(model.UPCASTERS, ("BackfillFailed", 1), v1_to_v2)
-    old = ev(model.BackfillFailed, 1, error="x")
-    decoded = model.decode(model.encode(old))
-    assert decoded.error == "x (upcast)" and decoded.schema_version == 2
+
+def test_v1_completed_is_upcast_to_v2():
+    event = model.decode(V1_COMPLETED)
+    assert isinstance(event, model.BackfillCompleted)
+    assert (event.schema_version, event.records_skipped, event.records_processed) == (2, 0, 12)
+    fresh = ev(model.BackfillCompleted, 3000, records_processed=12, records_skipped=4)
+    assert model.decode(model.encode(fresh)).records_skipped == 4
+    assert model.headers_for(fresh)["schema_version"] == "2"
+
+
+def test_a_log_of_v1_and_v2_events_folds_to_the_right_state():
+    second = msgspec.structs.replace(requested(4000), operation_id="op2", event_id="r2")
+    v2_done = msgspec.structs.replace(
+        ev(model.BackfillCompleted, 5000, records_processed=7, records_skipped=2),
+        operation_id="op2",
+    )
+    log = [model.encode(requested(1000)), V1_COMPLETED, model.encode(second), model.encode(v2_done)]
+    states: dict[str, object] = {}
+    for raw in log:
+        event = model.decode(raw)
+        states[event.operation_id] = fold(states.get(event.operation_id), event)
+    assert [(o.status, o.records_processed, o.records_skipped) for o in states.values()] == [
+        ("completed", 12, 0),
+        ("completed", 7, 2),
+    ]
+
+
+def test_unknown_future_versions_are_refused():
+    import pytest
+
+    future = V1_COMPLETED.replace(b'"schema_version":1', b'"schema_version":9')
+    with pytest.raises(model.DecodeError, match="schema_version"):
+        model.decode(future)
 
 
 def test_datetime_format_is_utc_z_with_milliseconds():

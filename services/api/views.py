@@ -27,6 +27,8 @@ def operation_view(op: Operation) -> dict[str, Any]:
             view["progress"] = 100
         elif op.total_records > 0:
             view["progress"] = min(100, op.records_processed * 100 // op.total_records)
+    if op.records_skipped:
+        view["recordsSkipped"] = op.records_skipped
     if op.error is not None:
         view["error"] = op.error
     if op.cancel_requested and not op.finished:

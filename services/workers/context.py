@@ -36,6 +36,7 @@ class OperationFailed(Exception):
 class Outcome:
     records_processed: int
     total_records: int | None = None
+    records_skipped: int = 0
     sources: list[str] = field(default_factory=list)
 
 

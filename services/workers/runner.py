@@ -208,6 +208,7 @@ class WorkerService:
                 backfill_type=op.type,
                 records_processed=outcome.records_processed,
                 total_records=outcome.total_records,
+                records_skipped=outcome.records_skipped,
                 sources=outcome.sources,
             )
         except Cancelled:
