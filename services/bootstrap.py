@@ -27,7 +27,7 @@ from services.settings import Settings
 from services.workers import did_sync, not_yet, pds_scan
 from services.workers.context import Services
 from services.workers.runner import Handler, WorkerService
-from services.workers.xrpc_client import XrpcClient
+from services.workers.xrpc_client import RetryPolicy, XrpcClient
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,10 @@ async def run_workers(
     settings: Settings, event_log: EventLog, types: list[str], stop: asyncio.Event
 ) -> None:
     async with httpx.AsyncClient(follow_redirects=True) as http:
-        services = Services(event_log, XrpcClient(http), DidResolver(http, settings.plc_url))
+        policy = RetryPolicy(attempts=settings.source_attempts, timeout_s=settings.source_timeout_s)
+        services = Services(
+            event_log, XrpcClient(http, policy), DidResolver(http, settings.plc_url)
+        )
         workers = [WorkerService(t, HANDLERS[t], services) for t in types]
         tasks = [
             asyncio.create_task(w.run(stop), name=f"worker-{w.backfill_type}") for w in workers

@@ -77,6 +77,12 @@ class Faults:
     fail: dict[str, list[int]] = field(default_factory=dict)
     delay_s: float = 0.0
     retry_after: str | None = None
+    # The next answers of a method: these raw bodies with status 200 (truncated, not JSON...).
+    bodies: dict[str, list[bytes]] = field(default_factory=dict)
+    # The next answers of a method wait this long first (longer than the client's timeout).
+    stalls: dict[str, list[float]] = field(default_factory=dict)
+    # listRecords never ends: every page has the same records and a fresh cursor.
+    endless_cursor: bool = False
 
 
 class FakePds:
@@ -134,6 +140,12 @@ class FakePds:
         self.calls[method] = self.calls.get(method, 0) + 1
         if self.faults.delay_s:
             await asyncio.sleep(self.faults.delay_s)
+        stalls = self.faults.stalls.get(method)
+        if stalls:
+            await asyncio.sleep(stalls.pop(0))
+        bodies = self.faults.bodies.get(method)
+        if bodies:
+            return Response(bodies.pop(0), status_code=200, media_type="application/json")
         pending = self.faults.fail.get(method)
         if pending:
             status = pending.pop(0)
@@ -189,6 +201,22 @@ class FakePds:
             return _error(400, "InvalidRequest", "limit must be between 1 and 100")
         cursor = q.get("cursor")
         records = repo.collections.get(q.get("collection", ""), {})
+        if self.faults.endless_cursor:
+            self.calls["endless"] = self.calls.get("endless", 0) + 1
+            first = sorted(records, reverse=True)[:limit]
+            return JSONResponse(
+                {
+                    "records": [
+                        {
+                            "uri": f"at://{repo.did}/{q['collection']}/{k}",
+                            "cid": cid_for(records[k]),
+                            "value": records[k],
+                        }
+                        for k in first
+                    ],
+                    "cursor": f"c{self.calls['endless']}",
+                }
+            )
         rkeys = sorted((k for k in records if cursor is None or k < cursor), reverse=True)
         page = rkeys[:limit]
         body: dict[str, Any] = {

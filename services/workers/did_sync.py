@@ -22,6 +22,7 @@ from services.workers.xrpc_client import SourceUnavailable, XrpcCallError
 class Checkpoint(msgspec.Struct):
     position: RepoPosition = RepoPosition()
     count: int = 0
+    skipped: int = 0
     pds_url: str | None = None
 
 
@@ -30,9 +31,10 @@ async def run(ctx: WorkContext) -> Outcome:
     state = from_checkpoint(ctx.checkpoint, Checkpoint)
     pds_url = state.pds_url or await _find_pds(ctx, did)
 
-    async def on_page(events, position: RepoPosition) -> None:
+    async def on_page(events, position: RepoPosition, skipped: int) -> None:
         await ctx.emit_records(events)
         state.count += len(events)
+        state.skipped += skipped
         state.position = position
         state.pds_url = pds_url
         await ctx.progress(state.count, to_checkpoint(state))
@@ -51,7 +53,7 @@ async def run(ctx: WorkContext) -> Outcome:
         raise OperationFailed(f"PDS {pds_url} unreachable: {exc}") from exc
     except XrpcCallError as exc:
         raise OperationFailed(f"PDS {pds_url} refused {did}: {exc.error}") from exc
-    return Outcome(records_processed=state.count, sources=[pds_url])
+    return Outcome(records_processed=state.count, records_skipped=state.skipped, sources=[pds_url])
 
 
 async def _find_pds(ctx: WorkContext, did: str) -> str:

@@ -26,6 +26,7 @@ from services.workers.xrpc_client import SourceUnavailable, XrpcCallError
 
 REPOS_PAGE = 200
 REPO_CONCURRENCY = 4
+MAX_REPO_PAGES = 100_000
 
 
 class ListedRepo(msgspec.Struct):
@@ -45,6 +46,7 @@ class Checkpoint(msgspec.Struct):
     page_cursor: str | None = None
     done: list[str] = []
     count: int = 0
+    skipped: int = 0
     unreachable: list[str] = []
 
 
@@ -72,12 +74,15 @@ async def run(ctx: WorkContext) -> Outcome:
         await report()
     if state.unreachable:
         raise OperationFailed("PDS unreachable: " + "; ".join(state.unreachable))
-    return Outcome(records_processed=state.count, sources=list(state.pds_urls))
+    return Outcome(
+        records_processed=state.count, records_skipped=state.skipped, sources=list(state.pds_urls)
+    )
 
 
 async def _scan_pds(ctx, pds_url, state: Checkpoint, in_flight, report) -> None:
     client = ctx.services.client
     semaphore = asyncio.Semaphore(REPO_CONCURRENCY)
+    pages = 0
     while True:
         ctx.check_cancelled()
         page = await client.query(
@@ -86,6 +91,11 @@ async def _scan_pds(ctx, pds_url, state: Checkpoint, in_flight, report) -> None:
             {"limit": REPOS_PAGE, "cursor": state.page_cursor},
             ListRepos,
         )
+        if page.repos and page.cursor is not None and page.cursor == state.page_cursor:
+            raise SourceUnavailable(f"{pds_url} returned the same listRepos cursor twice")
+        pages += 1
+        if pages > MAX_REPO_PAGES:
+            raise SourceUnavailable(f"{pds_url} kept paging listRepos past {MAX_REPO_PAGES} pages")
         done = set(state.done)
         todo = [r.did for r in page.repos if r.active and r.did not in done]
 
@@ -94,9 +104,13 @@ async def _scan_pds(ctx, pds_url, state: Checkpoint, in_flight, report) -> None:
                 ctx.check_cancelled()
                 in_flight[did] = 0
 
-                async def on_page(events, _position: RepoPosition) -> None:
+                skipped = 0
+
+                async def on_page(events, _position: RepoPosition, invalid: int) -> None:
+                    nonlocal skipped
                     await ctx.emit_records(events)
                     in_flight[did] += len(events)
+                    skipped += invalid
                     await report()
 
                 try:
@@ -113,6 +127,7 @@ async def _scan_pds(ctx, pds_url, state: Checkpoint, in_flight, report) -> None:
                     # Taken down, deactivated or deleted since listRepos: nothing to index.
                     pass
                 state.count += in_flight.pop(did)
+                state.skipped += skipped
                 state.done.append(did)
                 await report()
 

@@ -38,7 +38,11 @@ class RepoPosition(msgspec.Struct, frozen=True):
     cursor: str | None = None
 
 
-PageSink = Callable[[list[model.RecordEvent], RepoPosition], Awaitable[None]]
+# (record events, position after the page, records skipped as invalid)
+PageSink = Callable[[list[model.RecordEvent], RepoPosition, int], Awaitable[None]]
+
+# A PDS that never stops paging (an endless cursor) must not hold a worker forever.
+MAX_PAGES_PER_COLLECTION = 100_000
 
 
 async def chive_collections(client: XrpcClient, pds_url: str, did: str) -> list[str]:
@@ -59,6 +63,7 @@ async def scan_repo(
 ) -> None:
     collections = await chive_collections(client, pds_url, did)
     position = start
+    pages, first_uri = 0, None
     while position.collection_index < len(collections):
         check_cancelled()
         collection = collections[position.collection_index]
@@ -68,24 +73,41 @@ async def scan_repo(
             {"repo": did, "collection": collection, "limit": PAGE_SIZE, "cursor": position.cursor},
             ListRecords,
         )
-        if page.records and page.cursor is not None and page.cursor == position.cursor:
-            raise SourceUnavailable(
-                f"{pds_url} returned the same listRecords cursor twice for {did}/{collection}"
-            )
+        pages += 1
+        if page.records:
+            if page.cursor is not None and page.cursor == position.cursor:
+                raise SourceUnavailable(
+                    f"{pds_url} returned the same listRecords cursor twice for {did}/{collection}"
+                )
+            if page.records[0].uri == first_uri:
+                raise SourceUnavailable(
+                    f"{pds_url} repeats the same listRecords page for {did}/{collection}"
+                )
+            if pages > MAX_PAGES_PER_COLLECTION:
+                raise SourceUnavailable(
+                    f"{pds_url} kept paging {did}/{collection} past "
+                    f"{MAX_PAGES_PER_COLLECTION} pages"
+                )
+            first_uri = page.records[0].uri
         events = [e for r in page.records if (e := _upsert(r, did, collection, operation_id))]
         if page.records and page.cursor:
             position = RepoPosition(position.collection_index, page.cursor)
         else:
             # The last full page still returns a cursor; the page after it is empty.
             position = RepoPosition(position.collection_index + 1, None)
-        await on_page(events, position)
+            pages, first_uri = 0, None
+        await on_page(events, position, len(page.records) - len(events))
 
 
 def _upsert(
     record: ListedRecord, did: str, collection: str, operation_id: str
 ) -> model.RecordUpserted | None:
+    """The upsert for a listed record, or None when it fails validation: its at-uri must name
+    this repo, collection and a record key, and its value must be a JSON object."""
     parsed = parse_at_uri(record.uri)
     if parsed is None or parsed[0] != did or parsed[1] != collection or parsed[2] is None:
+        return None
+    if not bytes(record.value).lstrip().startswith(b"{"):
         return None
     return model.new_event(
         model.RecordUpserted,

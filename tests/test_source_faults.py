@@ -1,0 +1,84 @@
+"""A misbehaving PDS ends every operation in bounded retries, a counted skip or a clear error:
+5xx and 429, timeouts, truncated and non-JSON bodies, endless cursors, invalid records."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from tests.harness import Admin, running_service, settings_for
+from tests.test_end_to_end import wait_index
+
+
+@pytest.fixture
+def admin():
+    return Admin()
+
+
+@pytest.fixture(params=["sqlite", "kafka"])
+def settings(request, tmp_path, plc, unique, admin):
+    kafka = request.getfixturevalue("kafka_bootstrap") if request.param == "kafka" else None
+    base = settings_for(tmp_path / "data", admin, plc.url, kafka=kafka, namespace=unique)
+    # Short timeouts and few attempts keep the failing cases quick; same code paths.
+    return msgspec.structs.replace(base, source_timeout_s=1.0, source_attempts=3)
+
+
+async def scan(settings, admin, pds):
+    async with running_service(settings, admin) as client:
+        op = await client.trigger(type="pdsScan", pdsUrl=pds.url)
+        return await client.wait_finished(op["id"], timeout=60)
+
+
+async def test_timeouts_truncated_and_non_json_bodies_are_retried(
+    settings, admin, fresh_pds, unique
+):
+    fresh_pds.add_repo(f"did:plc:t{unique}", {"pub.chive.graph.node": 150})
+    # One fault per call site, each within the 3 attempts the settings allow.
+    fresh_pds.faults.stalls = {"listRepos": [2.5]}
+    fresh_pds.faults.bodies = {
+        "listRecords": [b'{"records": [{"uri": "at://'],
+        "describeRepo": [b"<html>502 Bad Gateway</html>"],
+    }
+    done = await scan(settings, admin, fresh_pds)
+    assert done["status"] == "completed", done
+    assert done["recordsProcessed"] == 150
+    assert fresh_pds.faults.bodies == {"listRecords": [], "describeRepo": []}
+    assert fresh_pds.faults.stalls == {"listRepos": []}
+
+
+async def test_a_source_that_keeps_failing_fails_the_operation_after_bounded_retries(
+    settings, admin, fresh_pds, unique
+):
+    fresh_pds.add_repo(f"did:plc:f{unique}", {"pub.chive.graph.node": 5})
+    fresh_pds.faults.fail = {"listRepos": [500] * 10}
+    done = await scan(settings, admin, fresh_pds)
+    assert done["status"] == "failed"
+    assert fresh_pds.url in done["error"] and "after 3 attempts" in done["error"]
+    assert fresh_pds.calls["listRepos"] == 3
+
+
+async def test_garbage_bodies_forever_fail_clearly(settings, admin, fresh_pds, unique):
+    fresh_pds.add_repo(f"did:plc:g{unique}", {"pub.chive.graph.node": 5})
+    fresh_pds.faults.bodies = {"listRepos": [b"<html>" for _ in range(10)]}
+    done = await scan(settings, admin, fresh_pds)
+    assert done["status"] == "failed" and "unexpected response body" in done["error"]
+
+
+async def test_an_endless_cursor_does_not_loop_forever(settings, admin, fresh_pds, unique):
+    fresh_pds.add_repo(f"did:plc:e{unique}", {"pub.chive.graph.node": 30})
+    fresh_pds.faults.endless_cursor = True
+    done = await scan(settings, admin, fresh_pds)
+    assert done["status"] == "failed" and "repeats the same listRecords page" in done["error"]
+    assert fresh_pds.calls["endless"] == 2
+
+
+async def test_invalid_records_are_counted_as_skipped(settings, admin, fresh_pds, unique):
+    did = f"did:plc:v{unique}"
+    repo = fresh_pds.add_repo(did, {"pub.chive.graph.node": 20})
+    valid = fresh_pds.chive_uris()
+    repo.collections["pub.chive.graph.node"]["3k9999999998"] = ["not", "an", "object"]
+    repo.collections["pub.chive.graph.node"][".."] = {"$type": "pub.chive.graph.node"}
+    done = await scan(settings, admin, fresh_pds)
+    assert done["status"] == "completed", done
+    assert (done["recordsProcessed"], done["recordsSkipped"]) == (20, 2)
+    await wait_index(settings, valid)
