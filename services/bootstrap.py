@@ -91,7 +91,8 @@ async def run_api(
         auth = ServiceAuth(
             DidResolver(http, settings.plc_url), settings.service_did, admin_dids(settings)
         )
-        app = create_app(Api(event_log, store, projection), Lexicons.load(), auth)
+        api = Api(event_log, store, projection, settings.stall_after_s)
+        app = create_app(api, Lexicons.load(), auth)
         server = uvicorn.Server(
             uvicorn.Config(
                 app,

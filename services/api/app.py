@@ -36,6 +36,7 @@ class Api:
     event_log: EventLog
     store: OperationsStore
     projection: ProjectionRunner
+    stall_after_s: int = 120
 
     def __post_init__(self) -> None:
         # One trigger at a time per replica: duplicate detection reads, then appends.
@@ -57,7 +58,7 @@ class Api:
         async with self._trigger_lock:
             running = await self.store.find_running(key)
             if running is not None:
-                return {"operation": operation_view(running)}
+                return {"operation": self._view(running)}
             event = model.new_event(
                 model.BackfillRequested,
                 model.new_operation_id(),
@@ -69,13 +70,16 @@ class Api:
             await self._append(event)
         return {"operation": operation_view(fold(None, event))}
 
+    def _view(self, op) -> dict[str, Any]:
+        return operation_view(op, model.now_ms(), self.stall_after_s * 1000)
+
     async def status(self, call: Call) -> dict[str, Any]:
         op_id = call.params.get("id")
         if op_id is not None:
             op = await self.store.get(op_id)
             if op is None:
                 raise XrpcError(400, "OperationNotFound", f"No backfill operation {op_id}")
-            return {"operation": operation_view(op)}
+            return {"operation": self._view(op)}
         status = call.params.get("status")
         ops, cursor = await self._page(call, statuses=(status,) if status is not None else None)
         return {"operations": ops, **({"cursor": cursor} if cursor else {})}
@@ -94,7 +98,7 @@ class Api:
             )
         except InvalidCursor as exc:
             raise invalid_request(str(exc)) from None
-        return [operation_view(op) for op in ops], cursor
+        return [self._view(op) for op in ops], cursor
 
     async def cancel(self, call: Call) -> dict[str, Any]:
         op_id = call.input["id"]

@@ -8,7 +8,12 @@ from events.model import format_datetime
 from projections.operations import Operation
 
 
-def operation_view(op: Operation) -> dict[str, Any]:
+def operation_view(
+    op: Operation, now_ms: int | None = None, stall_after_ms: int | None = None
+) -> dict[str, Any]:
+    """`now_ms` and `stall_after_ms` (read time, never part of a fold) flag a running operation
+    with no event for that long as stalled: no worker of its type is alive. It stays resumable;
+    the flag goes away with its next event."""
     view: dict[str, Any] = {
         "id": op.id,
         "type": op.type,
@@ -31,6 +36,13 @@ def operation_view(op: Operation) -> dict[str, Any]:
         view["recordsSkipped"] = op.records_skipped
     if op.error is not None:
         view["error"] = op.error
+    if (
+        now_ms is not None
+        and stall_after_ms is not None
+        and not op.finished
+        and now_ms - op.updated_at > stall_after_ms
+    ):
+        view["stalled"] = True
     if op.cancel_requested and not op.finished:
         view["cancelRequested"] = True
     return view
