@@ -146,7 +146,14 @@ class _KafkaPolling:
     _topic: str
 
     async def stop(self) -> None:
-        await self._consumer.stop()
+        try:
+            await self._consumer.stop()
+        except asyncio.CancelledError:
+            # aiokafka lets the cancellation of its own coordinator task escape stop() when a
+            # consumer stops right after starting; re-raise only a cancellation of ours.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
 
     async def poll(self, timeout: float) -> list[Message]:
         try:

@@ -18,6 +18,8 @@ from projections.tracking import TrackedStore
 
 async def replay_into(event_log: EventLog, store: TrackedStore, upto: dict[int, int]) -> None:
     """Fold `store.topic` from offset 0 up to (not including) `upto` per partition."""
+    if not any(upto.values()):
+        return
     reader = event_log.reader(store.topic)
     await reader.start()
     try:

@@ -102,6 +102,18 @@ async def test_sigkill_mid_run_resumes_to_exact_counts(
         assert kinds[0] == "BackfillRequested"
         assert kinds.count("BackfillCompleted") == 1
         assert kinds[-1] == "BackfillCompleted"
+    verify_run = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.cli",
+        "replay",
+        "--verify",
+        env=service.env,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await asyncio.wait_for(verify_run.communicate(), 60)
+    assert verify_run.returncode == 0, out.decode()[-2000:]
+    assert json.loads(out.decode().splitlines()[-1])["differences"] == 0
     attempts = [
         e["event"]["attempt"] for e in events if e["event"]["event_type"] == "BackfillStarted"
     ]

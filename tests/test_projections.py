@@ -167,3 +167,45 @@ async def test_runner_resumes_from_the_stored_position(tmp_path):
         assert (await cur.fetchone())[0] == 10
     await store.close()
     await log.close()
+
+
+async def test_a_log_holding_v1_and_v2_events_replays_into_the_right_state(tmp_path):
+    """An old log (v1 BackfillCompleted, written before records_skipped existed) and new
+    events side by side, through the real log and store."""
+    log = SqliteEventLog(tmp_path / "events.db", 2)
+    await log.start()
+    await log.ensure_topics([model.OPERATIONS_TOPIC])
+    v1_completed = (
+        b'{"event_type":"BackfillCompleted","event_id":"v1done","operation_id":"old",'
+        b'"occurred_at":2000,"schema_version":1,"backfill_type":"didSync",'
+        b'"records_processed":12,"total_records":null,"sources":[]}'
+    )
+    v1_headers = {
+        "event_type": "BackfillCompleted",
+        "backfill_type": "didSync",
+        "event_id": "v1done",
+        "schema_version": "1",
+    }
+    new_done = model.new_event(
+        model.BackfillCompleted,
+        "new",
+        backfill_type="didSync",
+        records_processed=7,
+        records_skipped=3,
+    )
+    await log.append(
+        model.OPERATIONS_TOPIC,
+        [
+            _entry(_request("old", 1000)),
+            Entry("old", v1_completed, v1_headers),
+            _entry(_request("new", 3000)),
+            _entry(new_done),
+        ],
+    )
+    store = OperationsStore(tmp_path / "ops.db")
+    await store.open()
+    await _fold(store, await _read_all(log, model.OPERATIONS_TOPIC))
+    got = {o.id: (o.status, o.records_processed, o.records_skipped) for o in await store.all()}
+    assert got == {"old": ("completed", 12, 0), "new": ("completed", 7, 3)}
+    await store.close()
+    await log.close()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import msgspec
 import pytest
 
+from services import bootstrap
+from services.audit import verify
 from tests.harness import Admin, running_service, settings_for
 from tests.test_end_to_end import wait_index
 
@@ -26,7 +28,12 @@ def settings(request, tmp_path, plc, unique, admin):
 async def scan(settings, admin, pds):
     async with running_service(settings, admin) as client:
         op = await client.trigger(type="pdsScan", pdsUrl=pds.url)
-        return await client.wait_finished(op["id"], timeout=60)
+        done = await client.wait_finished(op["id"], timeout=60)
+    # After every fault: the whole log, folded afresh, gives the live operations state.
+    async with bootstrap.open_log(settings) as log:
+        report = await verify(log, settings.data_dir)
+    assert report["differences"] == [] and report["operations"] == 1
+    return done
 
 
 async def test_timeouts_truncated_and_non_json_bodies_are_retried(
