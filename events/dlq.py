@@ -10,7 +10,7 @@ from __future__ import annotations
 import msgspec
 
 from events import model
-from events.log import Entry, EventLog, Message
+from events.log import Entry, EventLog, Message, read_to_end
 
 DLQ_TOPIC = "chive.backfill.dlq"
 
@@ -58,19 +58,11 @@ async def park(event_log: EventLog, letters: list[DeadLetter]) -> None:
 
 
 async def read_all(event_log: EventLog) -> list[DeadLetter]:
-    reader = event_log.reader(DLQ_TOPIC)
-    await reader.start()
-    out: list[DeadLetter] = []
-    try:
-        while True:
-            out.extend(
-                msgspec.json.decode(m.value, type=DeadLetter) for m in await reader.poll(0.1)
-            )
-            if all([await reader.caught_up(p) for p in range(event_log.partitions)]):
-                break
-    finally:
-        await reader.stop()
-    return sorted(out, key=lambda d: d.dead_at)
+    letters = [
+        msgspec.json.decode(m.value, type=DeadLetter)
+        for m in await read_to_end(event_log, DLQ_TOPIC)
+    ]
+    return sorted(letters, key=lambda d: d.dead_at)
 
 
 async def replay(event_log: EventLog, letters: list[DeadLetter]) -> int:

@@ -104,3 +104,17 @@ async def append_patiently(
             logging.getLogger(__name__).warning("append to %s failed, retrying: %s", topic, exc)
             await asyncio.sleep(delay)
             delay = min(max_delay_s, delay * 2)
+
+
+async def read_to_end(event_log: EventLog, topic: str) -> list[Message]:
+    """Everything appended to `topic` so far, group-less, in per-partition order."""
+    reader = event_log.reader(topic)
+    await reader.start()
+    out: list[Message] = []
+    try:
+        while True:
+            out.extend(await reader.poll(0.1))
+            if all([await reader.caught_up(p) for p in range(event_log.partitions)]):
+                return out
+    finally:
+        await reader.stop()

@@ -12,6 +12,7 @@ import sys
 import msgspec
 
 from events import model
+from events.log import read_to_end
 from services import bootstrap, keys
 from services.settings import SettingsError, load
 
@@ -106,16 +107,7 @@ def _token(settings, args) -> int:
 async def _events(settings, args) -> int:
     topic = model.RECORDS_TOPIC if args.records else model.OPERATIONS_TOPIC
     async with bootstrap.open_log(settings) as event_log:
-        reader = event_log.reader(topic)
-        await reader.start()
-        messages = []
-        try:
-            while True:
-                messages.extend(await reader.poll(0.2))
-                if all([await reader.caught_up(p) for p in range(event_log.partitions)]):
-                    break
-        finally:
-            await reader.stop()
+        messages = await read_to_end(event_log, topic)
     # Order is total within a partition; across partitions, by append time.
     messages.sort(key=lambda m: (m.timestamp_ms, m.partition, m.offset))
     out = sys.stdout

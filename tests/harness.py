@@ -179,3 +179,18 @@ class ServiceProcess:
         assert self.proc is not None
         self.proc.terminate()
         return self.proc.wait(timeout=30)
+
+
+async def run_cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    """`chive-backfill ARGS` in a subprocess: (exit code, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.cli",
+        *args,
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    return proc.returncode, out.decode(), err.decode()

@@ -3,29 +3,13 @@ stats read what the service wrote."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
 
 import httpx
 
 from tests.broker import free_port
 from tests.conftest import eventually
-from tests.harness import ServiceProcess, service_env
-
-
-async def cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "services.cli",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    return proc.returncode, out.decode(), err.decode()
+from tests.harness import ServiceProcess, run_cli, service_env
 
 
 async def test_token_events_and_stats(tmp_path, plc, fresh_pds, unique):
@@ -48,7 +32,7 @@ async def test_token_events_and_stats(tmp_path, plc, fresh_pds, unique):
                     return False
 
             await eventually(up, timeout=30, what="API up")
-            code, token, err = await cli(
+            code, token, err = await run_cli(
                 service.env, "token", "--lxm", "pub.chive.admin.triggerBackfill"
             )
             assert code == 0 and "did:key:" in err
@@ -65,7 +49,7 @@ async def test_token_events_and_stats(tmp_path, plc, fresh_pds, unique):
                 headers={"authorization": f"Bearer {token.strip()}"},
             )
             assert refused.status_code == 401
-            _, status_token, _ = await cli(
+            _, status_token, _ = await run_cli(
                 service.env, "token", "--lxm", "pub.chive.admin.getBackfillStatus"
             )
 
@@ -80,7 +64,7 @@ async def test_token_events_and_stats(tmp_path, plc, fresh_pds, unique):
             await eventually(completed, what="didSync completed")
 
             async def stats_done():
-                code, out, _ = await cli(service.env, "records", "stats")
+                code, out, _ = await run_cli(service.env, "records", "stats")
                 stats = json.loads(out) if code == 0 else {}
                 return stats if stats.get("live") == 5 else None
 
@@ -91,14 +75,14 @@ async def test_token_events_and_stats(tmp_path, plc, fresh_pds, unique):
             }
     finally:
         assert service.terminate() == 0
-    code, out, _ = await cli(service.env, "events", "--operation", op_id)
+    code, out, _ = await run_cli(service.env, "events", "--operation", op_id)
     lines = [json.loads(line) for line in out.splitlines()]
     assert code == 0 and lines
     assert {line["event"]["operation_id"] for line in lines} == {op_id}
     assert lines[0]["event"]["event_type"] == "BackfillRequested"
     assert lines[-1]["event"]["event_type"] == "BackfillCompleted"
     assert lines[-1]["headers"]["backfill_type"] == "didSync"
-    code, out, _ = await cli(service.env, "events", "--records")
+    code, out, _ = await run_cli(service.env, "events", "--records")
     assert code == 0 and len(out.splitlines()) == 5
-    code, _, err = await cli({**service.env, "CHIVE_EVENT_LOG": "redis"}, "events")
+    code, _, err = await run_cli({**service.env, "CHIVE_EVENT_LOG": "redis"}, "events")
     assert code == 2 and "sqlite or kafka" in err

@@ -3,16 +3,14 @@ the exact count and every record indexed once."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
-import sys
 
 import pytest
 
 from tests.broker import free_port
 from tests.conftest import eventually
-from tests.harness import Admin, Client, ServiceProcess, service_env
+from tests.harness import Admin, Client, ServiceProcess, run_cli, service_env
 from tests.test_end_to_end import wait_index
 
 KILLS = 3
@@ -85,35 +83,17 @@ async def test_sigkill_mid_run_resumes_to_exact_counts(
         await client.close()
         assert service.terminate() == 0
 
-    audit = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "services.cli",
-        "events",
-        env=service.env,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    stdout, _ = await asyncio.wait_for(audit.communicate(), 60)
-    assert audit.returncode == 0
-    events = [json.loads(line) for line in stdout.decode().splitlines()]
+    code, stdout, _ = await run_cli(service.env, "events")
+    assert code == 0
+    events = [json.loads(line) for line in stdout.splitlines()]
     for op in (scan, sync):
         mine = [e["event"] for e in events if e["event"]["operation_id"] == op["id"]]
         kinds = [e["event_type"] for e in mine]
         assert kinds[0] == "BackfillRequested"
         assert kinds.count("BackfillCompleted") == 1
         assert kinds[-1] == "BackfillCompleted"
-    verify_run = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "services.cli",
-        "replay",
-        "--verify",
-        env=service.env,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    out, _ = await asyncio.wait_for(verify_run.communicate(), 60)
-    assert verify_run.returncode == 0, out.decode()[-2000:]
-    assert json.loads(out.decode().splitlines()[-1])["differences"] == 0
+    code, out, _ = await run_cli(service.env, "replay", "--verify")
+    assert code == 0 and json.loads(out.splitlines()[-1])["differences"] == 0, out[-2000:]
     attempts = [
         e["event"]["attempt"] for e in events if e["event"]["event_type"] == "BackfillStarted"
     ]

@@ -4,33 +4,17 @@ it is blocked, and an audit replay finds the live projections exact."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
 
 import pytest
 
 from events import dlq, model
-from events.log import Entry
+from events.log import Entry, read_to_end
 from services import bootstrap
 from services.audit import verify
 from tests.conftest import eventually
-from tests.harness import Admin, running_service, settings_for
+from tests.harness import Admin, run_cli, running_service, settings_for
 from tests.test_end_to_end import wait_index
-
-
-async def read_topic(event_log, topic):
-    reader = event_log.reader(topic)
-    await reader.start()
-    out = []
-    try:
-        while True:
-            out.extend(await reader.poll(0.1))
-            if all([await reader.caught_up(p) for p in range(event_log.partitions)]):
-                return out
-    finally:
-        await reader.stop()
 
 
 @pytest.mark.parametrize("log_kind", ["sqlite", "kafka"])
@@ -52,7 +36,7 @@ async def test_duplicates_late_and_poison_events(
         # A second handle on the same log, as another process would have.
         async with bootstrap.open_log(settings) as log:
             ops_events = [
-                m for m in await read_topic(log, model.OPERATIONS_TOPIC) if m.key == op["id"]
+                m for m in await read_to_end(log, model.OPERATIONS_TOPIC) if m.key == op["id"]
             ]
             redelivered = [Entry(m.key, m.value, m.headers) for m in ops_events]
             late = model.new_event(
@@ -129,17 +113,9 @@ async def test_duplicates_late_and_poison_events(
             CHIVE_EVENT_LOG="kafka", KAFKA_BOOTSTRAP_SERVERS=kafka, CHIVE_KAFKA_NAMESPACE=unique
         )
     for args, expect in ((("replay", "--verify"), 0), (("dlq", "list"), 0)):
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "services.cli",
-            *args,
-            env={**os.environ, **env},
-            stdout=asyncio.subprocess.PIPE,
-        )
-        out, _ = await asyncio.wait_for(proc.communicate(), 60)
-        assert proc.returncode == expect, (args, out)
-        lines = [json.loads(line) for line in out.decode().splitlines()]
+        code, out, _ = await run_cli(env, *args)
+        assert code == expect, (args, out)
+        lines = [json.loads(line) for line in out.splitlines()]
         if args[0] == "replay":
             assert lines[-1] == {"operations": 2, "records": 25, "differences": 0}
         else:
@@ -160,21 +136,15 @@ async def test_replay_verify_reports_a_tampered_projection(tmp_path, plc, fresh_
         await wait_index(settings, fresh_pds.chive_uris())
     with sqlite3.connect(settings.data_dir / "records.db") as db:
         db.execute("UPDATE records SET cid = 'tampered' WHERE uri = (SELECT MIN(uri) FROM records)")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "services.cli",
-        "replay",
-        "--verify",
-        env={
-            **os.environ,
+    code, out, _ = await run_cli(
+        {
             "CHIVE_DATA_DIR": str(settings.data_dir),
             "CHIVE_PARTITIONS": "3",
             "CHIVE_LOG_LEVEL": "WARNING",
         },
-        stdout=asyncio.subprocess.PIPE,
+        "replay",
+        "--verify",
     )
-    out, _ = await asyncio.wait_for(proc.communicate(), 60)
-    lines = out.decode().splitlines()
-    assert proc.returncode == 1
+    lines = out.splitlines()
+    assert code == 1
     assert "tampered" in lines[0] and json.loads(lines[-1])["differences"] == 1

@@ -13,7 +13,7 @@ import asyncio
 import msgspec
 
 from events import model
-from events.log import EventLog
+from events.log import EventLog, read_to_end
 from services.workers.context import (
     OperationFailed,
     Outcome,
@@ -152,23 +152,15 @@ def _first_leaf(error: BaseException) -> BaseException:
 
 async def known_pds_urls(event_log: EventLog) -> list[str]:
     """Every PDS a completed didSync or pdsScan read from, from the whole operations log."""
-    reader = event_log.reader(model.OPERATIONS_TOPIC)
     urls: set[str] = set()
-    await reader.start()
-    try:
-        while True:
-            for message in await reader.poll(0.1):
-                if message.headers.get("event_type") != "BackfillCompleted":
-                    continue
-                if message.headers.get("backfill_type") not in ("didSync", "pdsScan"):
-                    continue
-                try:
-                    event = model.decode(message.value)
-                except model.DecodeError:
-                    continue
-                urls.update(getattr(event, "sources", []))
-            caught_up = [await reader.caught_up(p) for p in range(event_log.partitions)]
-            if all(caught_up):
-                return sorted(urls)
-    finally:
-        await reader.stop()
+    for message in await read_to_end(event_log, model.OPERATIONS_TOPIC):
+        if message.headers.get("event_type") != "BackfillCompleted":
+            continue
+        if message.headers.get("backfill_type") not in ("didSync", "pdsScan"):
+            continue
+        try:
+            event = model.decode(message.value)
+        except model.DecodeError:
+            continue
+        urls.update(getattr(event, "sources", []))
+    return sorted(urls)
