@@ -71,6 +71,10 @@ class BackfillCompleted(Event, tag="BackfillCompleted", frozen=True, kw_only=Tru
     sources: list[str] = []
     # v2: records seen but not indexed (they failed validation). v1 events upcast to 0.
     records_skipped: int = 0
+    # Optional additions (defaults keep older v2 events valid): why records were skipped,
+    # and records found gone at the source and deleted from the index.
+    skip_reasons: dict[str, int] = {}
+    records_deleted: int = 0
     schema_version: int = 2
 
 

@@ -30,6 +30,8 @@ class Operation(msgspec.Struct, kw_only=True):
     updated_at: int
     records_processed: int = 0
     records_skipped: int = 0
+    skip_reasons: dict[str, int] = {}
+    records_deleted: int = 0
     total_records: int | None = None
     completed_at: int | None = None
     error: str | None = None
@@ -77,6 +79,8 @@ def fold(state: Operation | None, event: model.OperationEvent) -> Operation | No
                 completed_at=event.occurred_at,
                 sources=list(event.sources),
                 records_skipped=event.records_skipped,
+                skip_reasons=dict(event.skip_reasons),
+                records_deleted=event.records_deleted,
             )
             if event.total_records is not None:
                 changes["total_records"] = event.total_records

@@ -24,7 +24,7 @@ from services.api.auth import ServiceAuth
 from services.api.lexicon import Lexicons
 from services.identity import DidResolver
 from services.settings import Settings
-from services.workers import did_sync, not_yet, pds_scan
+from services.workers import did_sync, governance_sync, not_yet, pds_scan
 from services.workers.context import Services
 from services.workers.runner import Handler, WorkerService
 from services.workers.xrpc_client import RetryPolicy, XrpcClient
@@ -37,7 +37,7 @@ HANDLERS: dict[str, Handler] = {
     "freshnessScan": not_yet.run,
     "citationExtraction": not_yet.run,
     "fullReindex": not_yet.run,
-    "governanceSync": not_yet.run,
+    "governanceSync": governance_sync.run,
 }
 assert set(HANDLERS) == set(model.BACKFILL_TYPES)
 
@@ -137,7 +137,11 @@ async def run_workers(
     async with httpx.AsyncClient(follow_redirects=True) as http:
         policy = RetryPolicy(attempts=settings.source_attempts, timeout_s=settings.source_timeout_s)
         services = Services(
-            event_log, XrpcClient(http, policy), DidResolver(http, settings.plc_url)
+            event_log,
+            XrpcClient(http, policy),
+            DidResolver(http, settings.plc_url),
+            governance_pds_url=settings.governance_pds_url,
+            governance_did=settings.governance_did,
         )
         workers = [WorkerService(t, HANDLERS[t], services) for t in types]
         tasks = [

@@ -32,6 +32,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     kafka_namespace: str = ""
     kafka_request_timeout_ms: int = 10_000
     stall_after_s: int = 120
+    governance_pds_url: str = "https://governance.chive.pub"
+    governance_did: str | None = None
     source_timeout_s: float = 15.0
     source_attempts: int = 5
     log_level: str = "INFO"
@@ -75,7 +77,17 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     plc_url = env.get("CHIVE_PLC_URL", "https://plc.directory")
     if not is_http_url(plc_url):
         raise SettingsError(f"CHIVE_PLC_URL must be an http(s) URL, got {plc_url!r}")
+    governance_pds_url = env.get("CHIVE_GOVERNANCE_PDS_URL", "https://governance.chive.pub")
+    if not is_http_url(governance_pds_url):
+        raise SettingsError(
+            f"CHIVE_GOVERNANCE_PDS_URL must be an http(s) URL, got {governance_pds_url!r}"
+        )
+    governance_did = env.get("CHIVE_GOVERNANCE_DID") or None
+    if governance_did is not None and not is_did(governance_did):
+        raise SettingsError(f"CHIVE_GOVERNANCE_DID must be a DID, got {governance_did!r}")
     return Settings(
+        governance_pds_url=governance_pds_url.rstrip("/"),
+        governance_did=governance_did,
         event_log=event_log,
         kafka_bootstrap_servers=bootstrap,
         data_dir=Path(env.get("CHIVE_DATA_DIR", "data")),

@@ -105,8 +105,10 @@ def service_env(
     admin: Admin | None = None,
     kafka: str | None = None,
     namespace: str = "",
+    **extra: str,
 ) -> dict[str, str]:
-    """Environment of a `chive-backfill` subprocess: the settings_for() of the process world."""
+    """Environment of a `chive-backfill` subprocess: the settings_for() of the process world;
+    `extra` adds variables (say CHIVE_GOVERNANCE_DID)."""
     env = {
         "CHIVE_DATA_DIR": str(data_dir),
         "CHIVE_PORT": str(port),
@@ -115,6 +117,7 @@ def service_env(
         "CHIVE_PARTITIONS": "3",
         "CHIVE_LOG_LEVEL": "WARNING",
     }
+    env.update(extra)
     if admin is not None:
         env["CHIVE_ADMIN_DIDS"] = admin.did
     if kafka:

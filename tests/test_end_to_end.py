@@ -163,7 +163,6 @@ async def test_duplicate_trigger_returns_the_running_operation(settings, admin, 
         {"type": "freshnessScan"},
         {"type": "citationExtraction"},
         {"type": "fullReindex", "batchSize": 50},
-        {"type": "governanceSync"},
     ],
 )
 async def test_types_not_built_yet_fail_clearly(settings, admin, body):

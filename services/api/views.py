@@ -34,6 +34,10 @@ def operation_view(
             view["progress"] = min(100, op.records_processed * 100 // op.total_records)
     if op.records_skipped:
         view["recordsSkipped"] = op.records_skipped
+    if op.skip_reasons:
+        view["skipReasons"] = dict(op.skip_reasons)
+    if op.records_deleted:
+        view["recordsDeleted"] = op.records_deleted
     if op.error is not None:
         view["error"] = op.error
     if (

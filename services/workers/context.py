@@ -37,6 +37,8 @@ class Outcome:
     records_processed: int
     total_records: int | None = None
     records_skipped: int = 0
+    skip_reasons: dict[str, int] = field(default_factory=dict)
+    records_deleted: int = 0
     sources: list[str] = field(default_factory=list)
 
 
@@ -47,6 +49,9 @@ class Services:
     event_log: EventLog
     client: XrpcClient
     resolver: DidResolver
+    # The governance PDS and the repo on it that holds the knowledge graph.
+    governance_pds_url: str = "https://governance.chive.pub"
+    governance_did: str | None = None
 
 
 Appender = Callable[[model.OperationEvent], Awaitable[None]]

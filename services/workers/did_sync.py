@@ -31,10 +31,10 @@ async def run(ctx: WorkContext) -> Outcome:
     state = from_checkpoint(ctx.checkpoint, Checkpoint)
     pds_url = state.pds_url or await _find_pds(ctx, did)
 
-    async def on_page(events, position: RepoPosition, skipped: int) -> None:
+    async def on_page(events, position: RepoPosition, skipped: list[str]) -> None:
         await ctx.emit_records(events)
         state.count += len(events)
-        state.skipped += skipped
+        state.skipped += len(skipped)
         state.position = position
         state.pds_url = pds_url
         await ctx.progress(state.count, to_checkpoint(state))

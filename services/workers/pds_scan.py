@@ -106,11 +106,11 @@ async def _scan_pds(ctx, pds_url, state: Checkpoint, in_flight, report) -> None:
 
                 skipped = 0
 
-                async def on_page(events, _position: RepoPosition, invalid: int) -> None:
+                async def on_page(events, _position: RepoPosition, invalid: list[str]) -> None:
                     nonlocal skipped
                     await ctx.emit_records(events)
                     in_flight[did] += len(events)
-                    skipped += invalid
+                    skipped += len(invalid)
                     await report()
 
                 try:

@@ -38,8 +38,10 @@ class RepoPosition(msgspec.Struct, frozen=True):
     cursor: str | None = None
 
 
-# (record events, position after the page, records skipped as invalid)
-PageSink = Callable[[list[model.RecordEvent], RepoPosition, int], Awaitable[None]]
+# (record events, position after the page, a reason per record skipped as invalid)
+PageSink = Callable[[list[model.RecordEvent], RepoPosition, list[str]], Awaitable[None]]
+# Extra validation of a record's value: the reason it is invalid, or None.
+Validator = Callable[[str, msgspec.Raw], str | None]
 
 # A PDS that never stops paging (an endless cursor) must not hold a worker forever.
 MAX_PAGES_PER_COLLECTION = 100_000
@@ -60,8 +62,12 @@ async def scan_repo(
     start: RepoPosition,
     on_page: PageSink,
     check_cancelled: Callable[[], None],
+    *,
+    only: list[str] | None = None,
+    validate: Validator | None = None,
 ) -> None:
-    collections = await chive_collections(client, pds_url, did)
+    """Scan the repo's pub.chive collections, or just `only` (in that order)."""
+    collections = only if only is not None else await chive_collections(client, pds_url, did)
     position = start
     pages, first_uri = 0, None
     while position.collection_index < len(collections):
@@ -89,33 +95,45 @@ async def scan_repo(
                     f"{MAX_PAGES_PER_COLLECTION} pages"
                 )
             first_uri = page.records[0].uri
-        events = [e for r in page.records if (e := _upsert(r, did, collection, operation_id))]
+        events, skipped = [], []
+        for record in page.records:
+            reason = _invalid(record, did, collection) or (
+                validate(collection, record.value) if validate else None
+            )
+            if reason is None:
+                events.append(_upsert(record, did, collection, operation_id))
+            else:
+                skipped.append(reason)
         if page.records and page.cursor:
             position = RepoPosition(position.collection_index, page.cursor)
         else:
             # The last full page still returns a cursor; the page after it is empty.
             position = RepoPosition(position.collection_index + 1, None)
             pages, first_uri = 0, None
-        await on_page(events, position, len(page.records) - len(events))
+        await on_page(events, position, skipped)
+
+
+def _invalid(record: ListedRecord, did: str, collection: str) -> str | None:
+    """Why a listed record cannot be indexed: its at-uri must name this repo, collection and a
+    record key, and its value must be a JSON object."""
+    parsed = parse_at_uri(record.uri)
+    if parsed is None or parsed[0] != did or parsed[1] != collection or parsed[2] is None:
+        return "uri does not name a record of this repo and collection"
+    if not bytes(record.value).lstrip().startswith(b"{"):
+        return "value is not an object"
+    return None
 
 
 def _upsert(
     record: ListedRecord, did: str, collection: str, operation_id: str
-) -> model.RecordUpserted | None:
-    """The upsert for a listed record, or None when it fails validation: its at-uri must name
-    this repo, collection and a record key, and its value must be a JSON object."""
-    parsed = parse_at_uri(record.uri)
-    if parsed is None or parsed[0] != did or parsed[1] != collection or parsed[2] is None:
-        return None
-    if not bytes(record.value).lstrip().startswith(b"{"):
-        return None
+) -> model.RecordUpserted:
     return model.new_event(
         model.RecordUpserted,
         operation_id,
         uri=record.uri,
         did=did,
         collection=collection,
-        rkey=parsed[2],
+        rkey=record.uri.rsplit("/", 1)[1],
         cid=record.cid,
         value=record.value,
     )

@@ -216,6 +216,8 @@ class WorkerService:
                 records_processed=outcome.records_processed,
                 total_records=outcome.total_records,
                 records_skipped=outcome.records_skipped,
+                skip_reasons=outcome.skip_reasons,
+                records_deleted=outcome.records_deleted,
                 sources=outcome.sources,
             )
         except Cancelled:
