@@ -88,7 +88,7 @@ async def test_replicas_share_work_and_take_over_on_crash(
         assert scan_done["status"] == "completed", scan_done
         assert scan_done["recordsProcessed"] == expected
         assert sync_done["status"] == "completed" and sync_done["recordsProcessed"] == 50
-        assert other_done["status"] == "failed" and "not implemented" in other_done["error"]
+        assert other_done["status"] == "failed" and "CHIVE_GOVERNANCE_DID" in other_done["error"]
         workers = await started_by(kafka_bootstrap, unique, scan["id"])
         assert len(workers) == 2 and workers[1] != first, workers
 
