@@ -16,6 +16,25 @@ def kafka_bootstrap():
         yield bootstrap
 
 
+@pytest.fixture(params=["sqlite", "kafka"])
+def log_kind(request) -> str:
+    """Which event log a test runs on; tests taking it run on both."""
+    return request.param
+
+
+@pytest.fixture
+def kafka(request, log_kind) -> str | None:
+    """Bootstrap servers when the test runs on Kafka, else None (the embedded log)."""
+    return request.getfixturevalue("kafka_bootstrap") if log_kind == "kafka" else None
+
+
+@pytest.fixture
+def admin():
+    from tests.harness import Admin
+
+    return Admin()
+
+
 @pytest.fixture
 def unique() -> str:
     """A suffix for topic and group names so tests sharing one broker never collide."""

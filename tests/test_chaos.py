@@ -78,7 +78,7 @@ async def run_undisturbed(tmp_path, plc, workload) -> tuple[set, list]:
 
 
 @pytest.mark.parametrize("log_kind", ["sqlite", "kafka"])
-async def test_seeded_kills_change_nothing(request, log_kind, tmp_path, plc, unique):
+async def test_seeded_kills_change_nothing(log_kind, kafka, tmp_path, plc, unique):
     from tests.servers import FakePds
 
     pds_a, pds_b = FakePds().start(), FakePds().start()
@@ -88,8 +88,6 @@ async def test_seeded_kills_change_nothing(request, log_kind, tmp_path, plc, uni
         assert {e[2] for e in expected} == {"completed", "failed"}
         for pds in (pds_a, pds_b):
             pds.faults.delay_s = 0.01  # stretch the work so kills land mid-run
-
-        kafka = request.getfixturevalue("kafka_bootstrap") if log_kind == "kafka" else None
         admin = Admin()
         port = free_port()
         env = service_env(tmp_path / "data", port, plc.url, admin, kafka=kafka, namespace=unique)

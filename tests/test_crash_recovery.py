@@ -18,12 +18,11 @@ KILLS = 3
 
 @pytest.mark.parametrize("log_kind", ["sqlite", "kafka"])
 async def test_sigkill_mid_run_resumes_to_exact_counts(
-    request, log_kind, tmp_path, plc, fresh_pds, unique
+    log_kind, kafka, tmp_path, plc, fresh_pds, unique
 ):
     rng = random.Random(f"crash-{log_kind}")
     admin = Admin()
     port = free_port()
-    kafka = request.getfixturevalue("kafka_bootstrap") if log_kind == "kafka" else None
     env = service_env(tmp_path / "data", port, plc.url, admin, kafka=kafka, namespace=unique)
     fresh_pds.faults.delay_s = 0.01
     for i in range(8):

@@ -10,24 +10,13 @@ import pytest
 from projections.records import RecordIndex
 from services.workers import pds_scan
 from tests.conftest import eventually
-from tests.harness import Admin, running_service, settings_for
+from tests.harness import running_service, settings_for
 
 DATETIME_MS_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
-@pytest.fixture(params=["sqlite", "kafka"])
-def log_kind(request):
-    return request.param
-
-
 @pytest.fixture
-def admin():
-    return Admin()
-
-
-@pytest.fixture
-def settings(request, log_kind, tmp_path, admin, plc, unique):
-    kafka = request.getfixturevalue("kafka_bootstrap") if log_kind == "kafka" else None
+def settings(kafka, tmp_path, admin, plc, unique):
     return settings_for(tmp_path / "data", admin, plc.url, kafka=kafka, namespace=unique)
 
 

@@ -13,7 +13,6 @@ from projections.records import RecordIndex
 from tests.broker import free_port
 from tests.conftest import eventually
 from tests.harness import (
-    Admin,
     Client,
     ServiceProcess,
     run_cli,
@@ -57,19 +56,8 @@ def governance_repo(pds, did: str, nodes: int, edges: int):
     return repo
 
 
-@pytest.fixture(params=["sqlite", "kafka"])
-def log_kind(request):
-    return request.param
-
-
 @pytest.fixture
-def admin():
-    return Admin()
-
-
-@pytest.fixture
-def governance(request, log_kind, tmp_path, plc, fresh_pds, unique, admin):
-    kafka = request.getfixturevalue("kafka_bootstrap") if log_kind == "kafka" else None
+def governance(kafka, tmp_path, plc, fresh_pds, unique, admin):
     did = f"did:plc:governance{unique}"
     settings = msgspec.structs.replace(
         settings_for(tmp_path / "data", admin, plc.url, kafka=kafka, namespace=unique),
@@ -123,9 +111,8 @@ async def test_sync_skips_invalid_records_and_deletes_what_is_gone(governance, a
 
 
 async def test_without_a_governance_did_it_fails_clearly(
-    log_kind, request, tmp_path, plc, admin, unique
+    log_kind, kafka, tmp_path, plc, admin, unique
 ):
-    kafka = request.getfixturevalue("kafka_bootstrap") if log_kind == "kafka" else None
     settings = settings_for(tmp_path / "data", admin, plc.url, kafka=kafka, namespace=unique)
     async with running_service(settings, admin) as client:
         done = await client.wait_finished((await client.trigger(type="governanceSync"))["id"])

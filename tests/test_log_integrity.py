@@ -18,10 +18,7 @@ from tests.test_end_to_end import wait_index
 
 
 @pytest.mark.parametrize("log_kind", ["sqlite", "kafka"])
-async def test_duplicates_late_and_poison_events(
-    request, log_kind, tmp_path, plc, fresh_pds, unique
-):
-    kafka = request.getfixturevalue("kafka_bootstrap") if log_kind == "kafka" else None
+async def test_duplicates_late_and_poison_events(log_kind, kafka, tmp_path, plc, fresh_pds, unique):
     admin = Admin()
     settings = settings_for(tmp_path / "data", admin, plc.url, kafka=kafka, namespace=unique)
     did = f"did:plc:dup{unique}"

@@ -8,18 +8,12 @@ import pytest
 
 from services import bootstrap
 from services.audit import verify
-from tests.harness import Admin, running_service, settings_for
+from tests.harness import running_service, settings_for
 from tests.test_end_to_end import wait_index
 
 
 @pytest.fixture
-def admin():
-    return Admin()
-
-
-@pytest.fixture(params=["sqlite", "kafka"])
-def settings(request, tmp_path, plc, unique, admin):
-    kafka = request.getfixturevalue("kafka_bootstrap") if request.param == "kafka" else None
+def settings(kafka, tmp_path, plc, unique, admin):
     base = settings_for(tmp_path / "data", admin, plc.url, kafka=kafka, namespace=unique)
     # Short timeouts and few attempts keep the failing cases quick; same code paths.
     return msgspec.structs.replace(base, source_timeout_s=1.0, source_attempts=3)

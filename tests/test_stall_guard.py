@@ -16,9 +16,8 @@ from tests.harness import Admin, Client, settings_for
 
 @pytest.mark.parametrize("log_kind", ["sqlite", "kafka"])
 async def test_operation_without_a_worker_is_flagged_stalled_then_resumes(
-    request, log_kind, tmp_path, plc, fresh_pds, unique
+    log_kind, kafka, tmp_path, plc, fresh_pds, unique
 ):
-    kafka = request.getfixturevalue("kafka_bootstrap") if log_kind == "kafka" else None
     admin = Admin()
     settings = msgspec.structs.replace(
         settings_for(tmp_path / "data", admin, plc.url, kafka=kafka, namespace=unique),
