@@ -84,6 +84,21 @@ class RecordIndex(tracking.TrackedStore):
             for sql, rows in runs:
                 await conn.executemany(sql, rows)
 
+    async def live_count(self) -> int:
+        async with self.conn.execute("SELECT COUNT(*) FROM records WHERE deleted = 0") as cur:
+            (count,) = await cur.fetchone()
+        return count
+
+    async def live_page(self, after_uri: str, limit: int) -> list[IndexedRecord]:
+        """Live records with uri > after_uri, in uri order: a stream in pages (keyset)."""
+        async with self.conn.execute(
+            "SELECT uri, did, collection, rkey, cid, value, indexed_at, deleted FROM records "
+            "WHERE deleted = 0 AND uri > ? ORDER BY uri LIMIT ?",
+            (after_uri, limit),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [IndexedRecord(*r[:5], None, r[6], False) for r in rows]
+
     async def rows(self) -> list[tuple]:
         """Every row, sorted by uri: what an audit compares."""
         async with self.conn.execute(

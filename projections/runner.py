@@ -49,6 +49,7 @@ class ProjectionRunner:
         self._name = name
         self._positions: dict[int, int] = {}
         self._advanced = Pulse()
+        self._caught_up_at = float("-inf")
         self.poisoned = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -59,9 +60,13 @@ class ProjectionRunner:
             try:
                 await reader.start()
                 while not stop.is_set():
+                    checked_at = asyncio.get_running_loop().time()
                     messages = await reader.poll(0.2)
                     if messages:
                         await self._fold(messages)
+                    elif all([await reader.caught_up(p) for p in range(self._log.partitions)]):
+                        self._caught_up_at = checked_at
+                        self._advanced.fire()
             except LogUnavailable as exc:
                 log.warning("%s: log unavailable, retrying: %s", self._name, exc)
                 await _wait(stop, _RETRY_DELAY)
@@ -100,6 +105,18 @@ class ProjectionRunner:
                 reason,
             )
         await dlq.park(self._log, [dlq.letter(m, r, f"projection:{self._name}") for m, r in poison])
+
+    async def wait_caught_up(self, timeout: float) -> bool:
+        """True once the projection has folded everything appended before this call."""
+        loop = asyncio.get_running_loop()
+        since = loop.time()
+        deadline = since + timeout
+        while self._caught_up_at < since:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            await self._advanced.wait(remaining)
+        return True
 
     def passed(self, position: Position) -> bool:
         return self._positions.get(position.partition, 0) > position.offset

@@ -24,7 +24,7 @@ from services.api.auth import ServiceAuth
 from services.api.lexicon import Lexicons
 from services.identity import DidResolver
 from services.settings import Settings
-from services.workers import did_sync, governance_sync, not_yet, pds_scan
+from services.workers import did_sync, freshness_scan, governance_sync, not_yet, pds_scan
 from services.workers.context import Services
 from services.workers.runner import Handler, WorkerService
 from services.workers.xrpc_client import RetryPolicy, XrpcClient
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 HANDLERS: dict[str, Handler] = {
     "didSync": did_sync.run,
     "pdsScan": pds_scan.run,
-    "freshnessScan": not_yet.run,
+    "freshnessScan": freshness_scan.run,
     "citationExtraction": not_yet.run,
     "fullReindex": not_yet.run,
     "governanceSync": governance_sync.run,
@@ -131,10 +131,23 @@ async def run_api(
             await store.close()
 
 
+# Worker types that read the record index; their process keeps its own replica of it.
+READS_INDEX = {"freshnessScan"}
+
+
 async def run_workers(
     settings: Settings, event_log: EventLog, types: list[str], stop: asyncio.Event
 ) -> None:
-    async with httpx.AsyncClient(follow_redirects=True) as http:
+    async with contextlib.AsyncExitStack() as stack:
+        http = await stack.enter_async_context(httpx.AsyncClient(follow_redirects=True))
+        tasks: list[asyncio.Task] = []
+        index = runner = None
+        if READS_INDEX & set(types):
+            index = RecordIndex(settings.data_dir / "worker-records.db")
+            await index.open()
+            stack.push_async_callback(index.close)
+            runner = ProjectionRunner(event_log, index, "worker-records")
+            tasks.append(asyncio.create_task(runner.run(stop), name="worker-records"))
         policy = RetryPolicy(attempts=settings.source_attempts, timeout_s=settings.source_timeout_s)
         services = Services(
             event_log,
@@ -142,9 +155,11 @@ async def run_workers(
             DidResolver(http, settings.plc_url),
             governance_pds_url=settings.governance_pds_url,
             governance_did=settings.governance_did,
+            index=index,
+            index_runner=runner,
         )
         workers = [WorkerService(t, HANDLERS[t], services) for t in types]
-        tasks = [
+        tasks += [
             asyncio.create_task(w.run(stop), name=f"worker-{w.backfill_type}") for w in workers
         ]
         try:

@@ -149,7 +149,6 @@ async def test_duplicate_trigger_returns_the_running_operation(settings, admin, 
 @pytest.mark.parametrize(
     "body",
     [
-        {"type": "freshnessScan"},
         {"type": "citationExtraction"},
         {"type": "fullReindex", "batchSize": 50},
     ],

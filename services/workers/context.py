@@ -17,6 +17,8 @@ import msgspec
 
 from events import model
 from events.log import Entry, EventLog, append_patiently
+from projections.records import RecordIndex
+from projections.runner import ProjectionRunner
 from services.identity import DidResolver
 from services.workers.xrpc_client import XrpcClient
 
@@ -52,6 +54,9 @@ class Services:
     # The governance PDS and the repo on it that holds the knowledge graph.
     governance_pds_url: str = "https://governance.chive.pub"
     governance_did: str | None = None
+    # The worker process's own replica of the record index (types that read the index).
+    index: RecordIndex | None = None
+    index_runner: ProjectionRunner | None = None
 
 
 Appender = Callable[[model.OperationEvent], Awaitable[None]]

@@ -1,0 +1,143 @@
+"""freshnessScan on both logs: changed records re-indexed, gone ones tombstoned, a dead PDS
+reported and cut off by its circuit; cancel; SIGKILL and resume to the exact count."""
+
+from __future__ import annotations
+
+import json
+
+import msgspec
+
+from projections.records import RecordIndex
+from services.workers import freshness_scan
+from tests.broker import free_port
+from tests.conftest import eventually
+from tests.harness import (
+    Client,
+    ServiceProcess,
+    run_cli,
+    running_service,
+    service_env,
+    settings_for,
+)
+from tests.servers import FakePds, cid_for
+from tests.test_end_to_end import wait_index
+
+
+async def synced(client, plc, pds, did: str, counts: dict[str, int]) -> None:
+    plc.register(did, pds_url=pds.url)
+    pds.add_repo(did, counts)
+    op = await client.trigger(type="didSync", did=did)
+    assert (await client.wait_finished(op["id"]))["status"] == "completed"
+
+
+async def test_changed_gone_and_unreachable(kafka, admin, tmp_path, plc, unique):
+    live, dead = FakePds().start(), FakePds().start()
+    settings = msgspec.structs.replace(
+        settings_for(tmp_path / "data", admin, plc.url, kafka=kafka, namespace=unique),
+        source_attempts=2,
+        source_timeout_s=2,
+    )
+    try:
+        async with running_service(settings, admin) as client:
+            await synced(
+                client,
+                plc,
+                live,
+                f"did:plc:fa{unique}",
+                {"pub.chive.eprint.submission": 40, "pub.chive.review.comment": 20},
+            )
+            await synced(client, plc, dead, f"did:plc:fb{unique}", {"pub.chive.graph.node": 30})
+            await wait_index(settings, sorted(live.chive_uris() + dead.chive_uris()))
+            records = live.repos[f"did:plc:fa{unique}"].collections["pub.chive.eprint.submission"]
+            changed = sorted(records)[:3]
+            for rkey in changed:
+                records[rkey] = {**records[rkey], "title": "revised"}
+            gone = sorted(records)[-2:]
+            for rkey in gone:
+                del records[rkey]
+            dead.faults.fail = {"getRecord": [500] * 1000}
+
+            op = await client.trigger(type="freshnessScan")
+            done = await client.wait_finished(op["id"], timeout=120)
+        assert done["status"] == "completed", done
+        assert (done["recordsProcessed"], done["totalRecords"], done["progress"]) == (90, 90, 100)
+        assert done["recordsDeleted"] == 2
+        assert done["skipReasons"] == {f"PDS unreachable: {dead.url}": 30}
+        # The circuit opened: far fewer calls than 30 records x 2 attempts.
+        assert (
+            dead.calls["getRecord"]
+            <= (freshness_scan.CIRCUIT_FAILURES + freshness_scan.PER_PDS) * 2
+        )
+        index = RecordIndex(settings.data_dir / "records.db")
+        await index.open()
+        try:
+            prefix = f"at://did:plc:fa{unique}/pub.chive.eprint.submission/"
+
+            async def applied() -> bool:
+                fresh = [await index.get(prefix + rkey) for rkey in changed]
+                tombstones = [await index.get(prefix + rkey) for rkey in gone]
+                return all(
+                    r.cid == cid_for(records[k]) for r, k in zip(fresh, changed, strict=True)
+                ) and all(r.deleted for r in tombstones)
+
+            await eventually(applied, what="changes and tombstones in the index")
+        finally:
+            await index.close()
+    finally:
+        live.stop()
+        dead.stop()
+
+
+async def test_cancel_stops_the_scan(kafka, admin, tmp_path, plc, fresh_pds, unique):
+    settings = settings_for(tmp_path / "data", admin, plc.url, kafka=kafka, namespace=unique)
+    async with running_service(settings, admin) as client:
+        await synced(client, plc, fresh_pds, f"did:plc:fc{unique}", {"pub.chive.graph.node": 1500})
+        fresh_pds.faults.delay_s = 0.02
+        op = await client.trigger(type="freshnessScan")
+
+        async def under_way() -> bool:
+            return (await client.status(op["id"]))["recordsProcessed"] > 0
+
+        await eventually(under_way, timeout=60, what="scan under way")
+        await client.post("pub.chive.admin.cancelBackfill", {"id": op["id"]})
+        done = await client.wait_finished(op["id"])
+    assert done["status"] == "cancelled" and 0 < done["recordsProcessed"] < 1500
+
+
+async def test_sigkill_mid_scan_resumes_to_the_exact_count(
+    kafka, admin, tmp_path, plc, fresh_pds, unique
+):
+    port = free_port()
+    env = service_env(tmp_path / "data", port, plc.url, admin, kafka=kafka, namespace=unique)
+    service = ServiceProcess(env, tmp_path / "service.log")
+    client = Client(f"http://127.0.0.1:{port}", admin)
+    try:
+        service.start()
+        await eventually(lambda: client.up(), timeout=30, what="API up")
+        await synced(client, plc, fresh_pds, f"did:plc:fd{unique}", {"pub.chive.graph.node": 2000})
+        fresh_pds.faults.delay_s = 0.005
+        op = await client.trigger(type="freshnessScan")
+        for threshold in (300, 1000):
+
+            async def reached(threshold=threshold) -> bool:
+                current = await client.status(op["id"])
+                return current["recordsProcessed"] >= threshold or current["status"] != "running"
+
+            await eventually(reached, timeout=90, what=f"{threshold} records checked")
+            service.kill()
+            service.start()
+            await eventually(lambda: client.up(), timeout=30, what="API up after the kill")
+        done = await client.wait_finished(op["id"], timeout=120)
+    finally:
+        await client.close()
+        if service.proc.poll() is None:
+            service.kill()
+    assert done["status"] == "completed", done
+    assert (done["recordsProcessed"], done["totalRecords"]) == (2000, 2000)
+    code, out, _ = await run_cli(env, "events", "--operation", op["id"])
+    started = [
+        line
+        for line in out.splitlines()
+        if json.loads(line)["event"]["event_type"] == "BackfillStarted"
+    ]
+    assert code == 0 and len(started) >= 2, "the kills missed the running scan"
