@@ -6,6 +6,7 @@ Used by the API to find a caller's signing key and by workers to find a repo's P
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -16,6 +17,11 @@ from services.api.formats import is_did
 
 STALE_AFTER_S = 3600.0
 MAX_AGE_S = 86400.0
+# Bounds that keep callers with made-up DIDs from growing memory or fanning out to the PLC
+# directory: least recently used documents go first; a DID found missing is not asked again
+# for a while (a fresh lookup, as didSync does, still asks).
+MAX_ENTRIES = 10_000
+NOT_FOUND_TTL_S = 300.0
 
 
 class DidNotFound(LookupError):
@@ -46,15 +52,21 @@ class DidResolver:
     def __init__(self, http: httpx.AsyncClient, plc_url: str) -> None:
         self._http = http
         self._plc_url = plc_url.rstrip("/")
-        self._cache: dict[str, _Cached] = {}
+        self._cache: OrderedDict[str, _Cached] = OrderedDict()
+        self._missing: OrderedDict[str, float] = OrderedDict()
 
     async def resolve(self, did: str, *, fresh: bool = False) -> dict[str, Any]:
         """The DID document; cached for an hour, served stale up to a day if the source fails."""
         if not is_did(did):
             raise DidNotFound(f"not a DID: {did}")
+        now = time.monotonic()
+        missing_since = self._missing.get(did)
+        if missing_since is not None and not fresh and now - missing_since < NOT_FOUND_TTL_S:
+            raise DidNotFound(f"{did} not found (cached)")
         cached = self._cache.get(did)
-        age = time.monotonic() - cached.fetched_at if cached else None
+        age = now - cached.fetched_at if cached else None
         if cached and not fresh and age < STALE_AFTER_S:
+            self._cache.move_to_end(did)
             return cached.document
         try:
             document = await self._fetch(did)
@@ -62,7 +74,11 @@ class DidResolver:
             if cached and age < MAX_AGE_S and not fresh:
                 return cached.document
             raise
-        self._cache[did] = _Cached(document, time.monotonic())
+        except DidNotFound:
+            _remember(self._missing, did, now)
+            raise
+        self._missing.pop(did, None)
+        _remember(self._cache, did, _Cached(document, now))
         return document
 
     async def _fetch(self, did: str) -> dict[str, Any]:
@@ -87,6 +103,13 @@ class DidResolver:
         if not isinstance(document, dict) or document.get("id") != did:
             raise ResolutionError(f"resolving {did}: document id does not match")
         return document
+
+
+def _remember(cache: OrderedDict, key: str, value: Any) -> None:
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > MAX_ENTRIES:
+        cache.popitem(last=False)
 
 
 def signing_key_multibase(document: dict[str, Any]) -> str | None:

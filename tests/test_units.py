@@ -182,3 +182,17 @@ def test_settings_from_environment(tmp_path):
     ]:
         with pytest.raises(SettingsError, match=message):
             load(env)
+
+
+def test_did_cache_is_bounded_least_recently_used_first(monkeypatch):
+    from collections import OrderedDict
+
+    from services import identity
+
+    monkeypatch.setattr(identity, "MAX_ENTRIES", 2)
+    cache: OrderedDict = OrderedDict()
+    identity._remember(cache, "did:plc:a", 1)
+    identity._remember(cache, "did:plc:b", 2)
+    cache.move_to_end("did:plc:a")  # a read
+    identity._remember(cache, "did:plc:c", 3)
+    assert list(cache) == ["did:plc:a", "did:plc:c"]

@@ -173,6 +173,15 @@ async def test_did_web_admin(tmp_path, plc, fresh_pds):
         assert_error(await client.get(STATUS, admin=unknown), 401, "AuthenticationRequired")
 
 
+async def test_unknown_issuers_do_not_fan_out_to_the_plc(service, plc, unique):
+    stranger = Admin(keys.PrivateKey.generate(), f"did:plc:nobody{unique}")
+    before = plc.requests
+    for _ in range(5):
+        response = await service.get(STATUS, admin=stranger)
+        assert_error(response, 401, "AuthenticationRequired", "resolve")
+    assert plc.requests - before == 1
+
+
 # -- bodies ----------------------------------------------------------------------------
 async def test_body_rules(service):
     auth = service.auth(TRIGGER)
