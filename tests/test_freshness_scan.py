@@ -59,30 +59,34 @@ async def test_changed_gone_and_unreachable(kafka, admin, tmp_path, plc, unique)
 
             op = await client.trigger(type="freshnessScan")
             done = await client.wait_finished(op["id"], timeout=120)
-        assert done["status"] == "completed", done
-        assert (done["recordsProcessed"], done["totalRecords"], done["progress"]) == (90, 90, 100)
-        assert done["recordsDeleted"] == 2
-        assert done["skipReasons"] == {f"PDS unreachable: {dead.url}": 30}
-        # The circuit opened: far fewer calls than 30 records x 2 attempts.
-        assert (
-            dead.calls["getRecord"]
-            <= (freshness_scan.CIRCUIT_FAILURES + freshness_scan.PER_PDS) * 2
-        )
-        index = RecordIndex(settings.data_dir / "records.db")
-        await index.open()
-        try:
-            prefix = f"at://did:plc:fa{unique}/pub.chive.eprint.submission/"
+            assert done["status"] == "completed", done
+            assert (done["recordsProcessed"], done["totalRecords"], done["progress"]) == (
+                90,
+                90,
+                100,
+            )
+            assert done["recordsDeleted"] == 2
+            assert done["skipReasons"] == {f"PDS unreachable: {dead.url}": 30}
+            # The circuit opened: far fewer calls than 30 records x 2 attempts.
+            assert (
+                dead.calls["getRecord"]
+                <= (freshness_scan.CIRCUIT_FAILURES + freshness_scan.PER_PDS) * 2
+            )
+            index = RecordIndex(settings.data_dir / "records.db")
+            await index.open()
+            try:
+                prefix = f"at://did:plc:fa{unique}/pub.chive.eprint.submission/"
 
-            async def applied() -> bool:
-                fresh = [await index.get(prefix + rkey) for rkey in changed]
-                tombstones = [await index.get(prefix + rkey) for rkey in gone]
-                return all(
-                    r.cid == cid_for(records[k]) for r, k in zip(fresh, changed, strict=True)
-                ) and all(r.deleted for r in tombstones)
+                async def applied() -> bool:
+                    fresh = [await index.get(prefix + rkey) for rkey in changed]
+                    tombstones = [await index.get(prefix + rkey) for rkey in gone]
+                    return all(
+                        r.cid == cid_for(records[k]) for r, k in zip(fresh, changed, strict=True)
+                    ) and all(r.deleted for r in tombstones)
 
-            await eventually(applied, what="changes and tombstones in the index")
-        finally:
-            await index.close()
+                await eventually(applied, what="changes and tombstones in the index")
+            finally:
+                await index.close()
     finally:
         live.stop()
         dead.stop()

@@ -19,10 +19,14 @@ def settings(kafka, tmp_path, plc, unique, admin):
     return msgspec.structs.replace(base, source_timeout_s=1.0, source_attempts=3)
 
 
-async def scan(settings, admin, pds):
+async def scan(settings, admin, pds, index: list[str] | None = None):
+    """Run one pdsScan; with `index`, also wait (service still running) for exactly those
+    records in the record index."""
     async with running_service(settings, admin) as client:
         op = await client.trigger(type="pdsScan", pdsUrl=pds.url)
         done = await client.wait_finished(op["id"], timeout=60)
+        if index is not None:
+            await wait_index(settings, index)
     # After every fault: the whole log, folded afresh, gives the live operations state.
     async with bootstrap.open_log(settings) as log:
         report = await verify(log, settings.data_dir)
@@ -79,7 +83,6 @@ async def test_invalid_records_are_counted_as_skipped(settings, admin, fresh_pds
     valid = fresh_pds.chive_uris()
     repo.collections["pub.chive.graph.node"]["3k9999999998"] = ["not", "an", "object"]
     repo.collections["pub.chive.graph.node"][".."] = {"$type": "pub.chive.graph.node"}
-    done = await scan(settings, admin, fresh_pds)
+    done = await scan(settings, admin, fresh_pds, index=valid)
     assert done["status"] == "completed", done
     assert (done["recordsProcessed"], done["recordsSkipped"]) == (20, 2)
-    await wait_index(settings, valid)
