@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -197,3 +198,51 @@ async def run_cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
     )
     out, err = await asyncio.wait_for(proc.communicate(), 120)
     return proc.returncode, out.decode(), err.decode()
+
+
+async def wait_index(data_dir: Path, expected_uris: list[str], timeout: float = 20.0) -> None:
+    """Wait until the record index under `data_dir` holds exactly these live records."""
+    from projections.records import RecordIndex
+
+    index = RecordIndex(data_dir / "records.db")
+    await index.open()
+    try:
+
+        async def matches() -> bool:
+            return [u for u, _ in await index.uris()] == expected_uris
+
+        await eventually(
+            matches, timeout=timeout, what="record index to hold exactly the expected records"
+        )
+    finally:
+        await index.close()
+
+
+async def kill_while_running(
+    service: ServiceProcess,
+    client: Client,
+    op_id: str,
+    thresholds: tuple[int, ...],
+    timeout: float = 90.0,
+) -> None:
+    """SIGKILL and restart `service` each time the operation passes a threshold of
+    recordsProcessed (or has finished), waiting for the API to answer again after each."""
+    for threshold in thresholds:
+
+        async def reached(threshold=threshold) -> bool:
+            current = await client.status(op_id)
+            return current["recordsProcessed"] >= threshold or current["status"] != "running"
+
+        await eventually(reached, timeout=timeout, what=f"{threshold} records processed")
+        service.kill()
+        service.start()
+        await eventually(client.up, timeout=30, what="API up after the kill")
+
+
+async def attempts(env: dict[str, str], op_id: str) -> int:
+    """How many times the operation was started (1 + resumes), from the audit view."""
+    code, out, _ = await run_cli(env, "events", "--operation", op_id)
+    assert code == 0
+    return sum(
+        json.loads(line)["event"]["event_type"] == "BackfillStarted" for line in out.splitlines()
+    )

@@ -15,9 +15,8 @@ from services import bootstrap
 from services.audit import verify
 from tests.broker import Tansu, free_port
 from tests.conftest import eventually
-from tests.harness import Admin, running_service, settings_for
+from tests.harness import Admin, running_service, settings_for, wait_index
 from tests.proxy import CuttableProxy
-from tests.test_end_to_end import wait_index
 
 
 async def test_broker_outage_mid_run(tmp_path, plc, fresh_pds, unique):
@@ -76,7 +75,7 @@ async def test_broker_outage_mid_run(tmp_path, plc, fresh_pds, unique):
             ops = (await client.get("pub.chive.admin.getBackfillStatus")).json()["operations"]
             # The trigger refused during the outage left no operation behind.
             assert sorted(o["type"] for o in ops) == ["didSync", "governanceSync"]
-            await wait_index(settings, fresh_pds.chive_uris())
+            await wait_index(settings.data_dir, fresh_pds.chive_uris())
         async with bootstrap.open_log(settings) as log:
             report = await verify(log, settings.data_dir)
         assert report["differences"] == [] and report["records"] == 3000

@@ -10,8 +10,7 @@ import pytest
 
 from tests.broker import free_port
 from tests.conftest import eventually
-from tests.harness import Admin, Client, ServiceProcess, run_cli, service_env
-from tests.test_end_to_end import wait_index
+from tests.harness import Admin, Client, ServiceProcess, run_cli, service_env, wait_index
 
 KILLS = 3
 
@@ -69,15 +68,12 @@ async def test_sigkill_mid_run_resumes_to_exact_counts(
     assert scan_done["recordsProcessed"] == scan_total
     assert sync_done["recordsProcessed"] == 1200
 
-    class _Settings:
-        data_dir = tmp_path / "data"
-
     # The projector folded every record exactly once: one live row per at-uri, no extras.
     service.start()
     client = Client(f"http://127.0.0.1:{port}", admin)
     try:
         await eventually(lambda: client.up(), timeout=30, what="API up for the index check")
-        await wait_index(_Settings, fresh_pds.chive_uris())
+        await wait_index(tmp_path / "data", fresh_pds.chive_uris())
     finally:
         await client.close()
         assert service.terminate() == 0

@@ -7,10 +7,9 @@ import re
 
 import pytest
 
-from projections.records import RecordIndex
 from services.workers import pds_scan
 from tests.conftest import eventually
-from tests.harness import running_service, settings_for
+from tests.harness import running_service, settings_for, wait_index
 
 DATETIME_MS_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -18,24 +17,6 @@ DATETIME_MS_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 @pytest.fixture
 def settings(kafka, tmp_path, admin, plc, unique):
     return settings_for(tmp_path / "data", admin, plc.url, kafka=kafka, namespace=unique)
-
-
-async def live_records(settings) -> RecordIndex:
-    index = RecordIndex(settings.data_dir / "records.db")
-    await index.open()
-    return index
-
-
-async def wait_index(settings, expected_uris: list[str]) -> None:
-    index = await live_records(settings)
-    try:
-
-        async def matches() -> bool:
-            return [u for u, _ in await index.uris()] == expected_uris
-
-        await eventually(matches, what="record index to hold exactly the expected records")
-    finally:
-        await index.close()
 
 
 async def test_did_sync_indexes_every_chive_record_of_the_repo(
@@ -63,7 +44,7 @@ async def test_did_sync_indexes_every_chive_record_of_the_repo(
         assert done["status"] == "completed", done
         assert done["recordsProcessed"] == 265 == fresh_pds.chive_count(did)
         assert DATETIME_MS_Z.match(done["completedAt"])
-        await wait_index(settings, fresh_pds.chive_uris())
+        await wait_index(settings.data_dir, fresh_pds.chive_uris())
         history = (await client.get("pub.chive.admin.getBackfillHistory")).json()
         assert [o["id"] for o in history["operations"]] == [op["id"]]
 
@@ -83,7 +64,7 @@ async def test_pds_scan_reads_all_repos_and_pages(settings, admin, fresh_pds, un
         done = await client.wait_finished(op["id"])
         assert done["status"] == "completed", done
         assert done["recordsProcessed"] == expected
-        await wait_index(settings, fresh_pds.chive_uris())
+        await wait_index(settings.data_dir, fresh_pds.chive_uris())
         assert fresh_pds.calls["listRepos"] >= 4
 
 

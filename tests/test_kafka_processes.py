@@ -8,8 +8,7 @@ from events import model
 from events.kafka_log import KafkaEventLog
 from tests.broker import free_port
 from tests.conftest import eventually
-from tests.harness import Admin, Client, ServiceProcess, service_env
-from tests.test_end_to_end import wait_index
+from tests.harness import Admin, Client, ServiceProcess, service_env, wait_index
 
 
 async def started_by(bootstrap: str, namespace: str, op_id: str) -> list[str]:
@@ -92,10 +91,7 @@ async def test_replicas_share_work_and_take_over_on_crash(
         workers = await started_by(kafka_bootstrap, unique, scan["id"])
         assert len(workers) == 2 and workers[1] != first, workers
 
-        class _Settings:
-            data_dir = tmp_path / "data"
-
-        await wait_index(_Settings, fresh_pds.chive_uris())
+        await wait_index(tmp_path / "data", fresh_pds.chive_uris())
     finally:
         await client.close()
         for name, process in processes.items():

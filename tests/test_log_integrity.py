@@ -13,8 +13,7 @@ from events.log import Entry, read_to_end
 from services import bootstrap
 from services.audit import verify
 from tests.conftest import eventually
-from tests.harness import Admin, run_cli, running_service, settings_for
-from tests.test_end_to_end import wait_index
+from tests.harness import Admin, run_cli, running_service, settings_for, wait_index
 
 
 @pytest.mark.parametrize("log_kind", ["sqlite", "kafka"])
@@ -28,7 +27,7 @@ async def test_duplicates_late_and_poison_events(log_kind, kafka, tmp_path, plc,
         op = await client.trigger(type="didSync", did=did)
         done = await client.wait_finished(op["id"])
         assert done["status"] == "completed"
-        await wait_index(settings, fresh_pds.chive_uris())
+        await wait_index(settings.data_dir, fresh_pds.chive_uris())
 
         # A second handle on the same log, as another process would have.
         async with bootstrap.open_log(settings) as log:
@@ -90,7 +89,7 @@ async def test_duplicates_late_and_poison_events(log_kind, kafka, tmp_path, plc,
             assert (await client.wait_finished(again["id"]))["status"] == "completed"
             # The finished operation did not move, not even its updatedAt.
             assert await client.status(op["id"]) == done
-            await wait_index(settings, fresh_pds.chive_uris())
+            await wait_index(settings.data_dir, fresh_pds.chive_uris())
 
             report = await verify(log, settings.data_dir)
             assert report["differences"] == [] and report["operations"] == 2
@@ -135,7 +134,7 @@ async def test_replay_verify_reports_a_tampered_projection(tmp_path, plc, fresh_
     async with running_service(settings, admin) as client:
         op = await client.trigger(type="didSync", did=did)
         assert (await client.wait_finished(op["id"]))["status"] == "completed"
-        await wait_index(settings, fresh_pds.chive_uris())
+        await wait_index(settings.data_dir, fresh_pds.chive_uris())
     with sqlite3.connect(settings.data_dir / "records.db") as db:
         db.execute("UPDATE records SET cid = 'tampered' WHERE uri = (SELECT MIN(uri) FROM records)")
     code, out, _ = await run_cli(

@@ -8,8 +8,7 @@ import pytest
 
 from services import bootstrap
 from services.audit import verify
-from tests.harness import running_service, settings_for
-from tests.test_end_to_end import wait_index
+from tests.harness import running_service, settings_for, wait_index
 
 
 @pytest.fixture
@@ -26,7 +25,7 @@ async def scan(settings, admin, pds, index: list[str] | None = None):
         op = await client.trigger(type="pdsScan", pdsUrl=pds.url)
         done = await client.wait_finished(op["id"], timeout=60)
         if index is not None:
-            await wait_index(settings, index)
+            await wait_index(settings.data_dir, index)
     # After every fault: the whole log, folded afresh, gives the live operations state.
     async with bootstrap.open_log(settings) as log:
         report = await verify(log, settings.data_dir)
