@@ -136,18 +136,29 @@ READS_INDEX = {"freshnessScan"}
 
 
 async def run_workers(
-    settings: Settings, event_log: EventLog, types: list[str], stop: asyncio.Event
+    settings: Settings,
+    event_log: EventLog,
+    types: list[str],
+    stop: asyncio.Event,
+    index_runner: ProjectionRunner | None = None,
 ) -> None:
+    """`index_runner`: the projector's runner when it runs in this process."""
     async with contextlib.AsyncExitStack() as stack:
         http = await stack.enter_async_context(httpx.AsyncClient(follow_redirects=True))
         tasks: list[asyncio.Task] = []
         index = runner = None
         if READS_INDEX & set(types):
-            index = RecordIndex(settings.data_dir / "worker-records.db")
+            own_replica = index_runner is None
+            # A worker process on its own keeps a replica of the index, folded here; beside
+            # the projector it reads the projector's index over a connection of its own.
+            index = RecordIndex(
+                settings.data_dir / ("worker-records.db" if own_replica else "records.db")
+            )
             await index.open()
             stack.push_async_callback(index.close)
-            runner = ProjectionRunner(event_log, index, "worker-records")
-            tasks.append(asyncio.create_task(runner.run(stop), name="worker-records"))
+            runner = index_runner or ProjectionRunner(event_log, index, "worker-records")
+            if own_replica:
+                tasks.append(asyncio.create_task(runner.run(stop), name="worker-records"))
         policy = RetryPolicy(attempts=settings.source_attempts, timeout_s=settings.source_timeout_s)
         services = Services(
             event_log,
@@ -168,11 +179,23 @@ async def run_workers(
             await _cancel(tasks)
 
 
-async def run_projector(settings: Settings, event_log: EventLog, stop: asyncio.Event) -> None:
+def records_projection(
+    settings: Settings, event_log: EventLog
+) -> tuple[RecordIndex, ProjectionRunner]:
     index = RecordIndex(settings.data_dir / "records.db")
+    return index, ProjectionRunner(event_log, index, "records")
+
+
+async def run_projector(
+    settings: Settings,
+    event_log: EventLog,
+    stop: asyncio.Event,
+    projection: tuple[RecordIndex, ProjectionRunner] | None = None,
+) -> None:
+    index, runner = projection or records_projection(settings, event_log)
     await index.open()
     try:
-        await ProjectionRunner(event_log, index, "records").run(stop)
+        await runner.run(stop)
     finally:
         await index.close()
 
@@ -184,10 +207,14 @@ async def run_all(
 ) -> None:
     """Everything in one process on one log: the embedded default of `chive-backfill up`."""
     async with open_log(settings) as event_log:
+        # One record index in one process: workers that read it share the projector's.
+        projection = records_projection(settings, event_log)
         tasks = [
             asyncio.create_task(run_api(settings, event_log, stop, on_ready)),
-            asyncio.create_task(run_workers(settings, event_log, list(HANDLERS), stop)),
-            asyncio.create_task(run_projector(settings, event_log, stop)),
+            asyncio.create_task(run_projector(settings, event_log, stop, projection)),
+            asyncio.create_task(
+                run_workers(settings, event_log, list(HANDLERS), stop, projection[1])
+            ),
         ]
         try:
             await _until_first_done(tasks, stop)

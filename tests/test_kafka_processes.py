@@ -57,7 +57,10 @@ async def test_replicas_share_work_and_take_over_on_crash(
     for name, args in [("api", ("api",)), ("projector", ("projector",))] + [
         (f"{t}-{r}", ("worker", t)) for t in model.BACKFILL_TYPES for r in (1, 2)
     ]:
-        processes[name] = ServiceProcess(env, tmp_path / f"{name}.log", args)
+        # A worker process keeps its own state (freshnessScan's index replica) in a data dir
+        # of its own; the API and the projector share tmp_path/data.
+        own = {"CHIVE_DATA_DIR": str(tmp_path / name)} if args[0] == "worker" else {}
+        processes[name] = ServiceProcess({**env, **own}, tmp_path / f"{name}.log", args)
         processes[name].start()
     client = Client(f"http://127.0.0.1:{port}", admin)
 
@@ -92,6 +95,11 @@ async def test_replicas_share_work_and_take_over_on_crash(
         assert len(workers) == 2 and workers[1] != first, workers
 
         await wait_index(tmp_path / "data", fresh_pds.chive_uris())
+        # freshnessScan in its own process reads its replica of the index: every record once.
+        fresh = await client.trigger(type="freshnessScan")
+        fresh_done = await client.wait_finished(fresh["id"], timeout=90)
+        assert fresh_done["status"] == "completed", fresh_done
+        assert fresh_done["recordsProcessed"] == fresh_done["totalRecords"] == expected
     finally:
         await client.close()
         for name, process in processes.items():
