@@ -190,9 +190,13 @@ async def run_projector(
     settings: Settings,
     event_log: EventLog,
     stop: asyncio.Event,
-    projection: tuple[RecordIndex, ProjectionRunner] | None = None,
+    runner: ProjectionRunner | None = None,
 ) -> None:
-    index, runner = projection or records_projection(settings, event_log)
+    """`runner`: a records projection whose index the caller has opened (and will close)."""
+    if runner is not None:
+        await runner.run(stop)
+        return
+    index, runner = records_projection(settings, event_log)
     await index.open()
     try:
         await runner.run(stop)
@@ -206,15 +210,17 @@ async def run_all(
     on_ready: Callable[[int], Awaitable[None]] | None = None,
 ) -> None:
     """Everything in one process on one log: the embedded default of `chive-backfill up`."""
-    async with open_log(settings) as event_log:
-        # One record index in one process: workers that read it share the projector's.
-        projection = records_projection(settings, event_log)
+    async with contextlib.AsyncExitStack() as stack:
+        event_log = await stack.enter_async_context(open_log(settings))
+        # One record index in one process: workers that read it share the projector's. It is
+        # opened here, first, so no two connections race to create the file.
+        index, runner = records_projection(settings, event_log)
+        await index.open()
+        stack.push_async_callback(index.close)
         tasks = [
             asyncio.create_task(run_api(settings, event_log, stop, on_ready)),
-            asyncio.create_task(run_projector(settings, event_log, stop, projection)),
-            asyncio.create_task(
-                run_workers(settings, event_log, list(HANDLERS), stop, projection[1])
-            ),
+            asyncio.create_task(run_projector(settings, event_log, stop, runner)),
+            asyncio.create_task(run_workers(settings, event_log, list(HANDLERS), stop, runner)),
         ]
         try:
             await _until_first_done(tasks, stop)
