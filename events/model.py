@@ -110,6 +110,32 @@ class RecordDeleted(Event, tag="RecordDeleted", frozen=True):
     rkey: str
 
 
+class Citation(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One entry of an eprint's reference list, as extracted."""
+
+    title: str | None = None
+    doi: str | None = None
+    arxiv_id: str | None = None
+    year: int | None = None
+    authors: list[str] = []
+    raw: str | None = None
+    # The indexed eprint this entry cites, and how it was matched ("doi" or "title").
+    matched_uri: str | None = None
+    matched_by: str | None = None
+
+
+class CitationsExtracted(Event, tag="CitationsExtracted", frozen=True):
+    """The complete extracted reference list of one eprint (keyed by its uri): it replaces
+    whatever was extracted for that eprint before."""
+
+    uri: str
+    did: str
+    document_cid: str
+    # "grobid" or "pdf-text"
+    method: str
+    citations: list[Citation] = []
+
+
 OperationEvent = (
     BackfillRequested
     | BackfillStarted
@@ -119,7 +145,7 @@ OperationEvent = (
     | BackfillCancelRequested
     | BackfillCancelled
 )
-RecordEvent = RecordUpserted | RecordDeleted
+RecordEvent = RecordUpserted | RecordDeleted | CitationsExtracted
 AnyEvent = OperationEvent | RecordEvent
 
 TERMINAL_EVENTS = (BackfillCompleted, BackfillFailed, BackfillCancelled)

@@ -4,7 +4,9 @@ callers wait until it has folded past a given position (read-your-writes)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Protocol
 
 from events import dlq, model
@@ -42,6 +44,21 @@ def positions_after(messages: list[Message]) -> dict[int, int]:
     return {m.partition: m.offset + 1 for m in messages}
 
 
+async def apply_isolated(projection: Projection, messages: list[Message]) -> None:
+    """Fold a batch as a replay does: undecodable events and events that fail to fold are
+    skipped (the live runner parked them in the DLQ), the rest are not held back."""
+    good, _poison = decode_batch(messages)
+    try:
+        await projection.apply([e for _, e in good], positions_after(messages))
+    except Exception:
+        for message, event in good:
+            try:
+                await projection.apply([event], positions_after([message]))
+            except Exception:
+                await projection.apply([], positions_after([message]))
+        await projection.apply([], positions_after(messages))
+
+
 class ProjectionRunner:
     def __init__(self, event_log: EventLog, projection: Projection, name: str) -> None:
         self._log = event_log
@@ -51,6 +68,29 @@ class ProjectionRunner:
         self._advanced = Pulse()
         self._caught_up_at = float("-inf")
         self.poisoned = 0
+        # Held while a batch folds; fullReindex holds it to swap the store's database.
+        self._fold_lock = asyncio.Lock()
+        self._reseek = False
+
+    @property
+    def projection(self) -> Projection:
+        return self._projection
+
+    @property
+    def positions(self) -> dict[int, int]:
+        return dict(self._positions)
+
+    @contextlib.asynccontextmanager
+    async def paused(self) -> AsyncIterator[None]:
+        """No batch folds while inside (the one in progress finishes first)."""
+        async with self._fold_lock:
+            yield
+
+    async def reseek(self) -> None:
+        """Call while paused, after the store's database was replaced: read on from the
+        positions the store holds now; batches read before are dropped unfolded."""
+        self._positions = await self._projection.positions()
+        self._reseek = True
 
     async def run(self, stop: asyncio.Event) -> None:
         """Fold until `stop` is set; waits and reconnects while the log is unavailable."""
@@ -62,6 +102,9 @@ class ProjectionRunner:
                 while not stop.is_set():
                     checked_at = asyncio.get_running_loop().time()
                     messages = await reader.poll(0.2)
+                    if self._reseek:
+                        self._reseek = False
+                        break
                     if messages:
                         await self._fold(messages)
                     elif all([await reader.caught_up(p) for p in range(self._log.partitions)]):
@@ -74,6 +117,11 @@ class ProjectionRunner:
                 await reader.stop()
 
     async def _fold(self, messages: list[Message]) -> None:
+        async with self._fold_lock:
+            if not self._reseek:
+                await self._fold_unlocked(messages)
+
+    async def _fold_unlocked(self, messages: list[Message]) -> None:
         good, poison = decode_batch(messages)
         try:
             await self._park(poison)

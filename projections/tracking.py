@@ -18,9 +18,14 @@ CREATE TABLE IF NOT EXISTS tracking (
 """
 
 
-async def connect(path: Path, schema: str) -> aiosqlite.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = await aiosqlite.connect(path, isolation_level=None, timeout=30)
+async def connect(path: Path, schema: str, create: bool = True) -> aiosqlite.Connection:
+    """`create=False`: open an existing database only (sqlite3.OperationalError if missing)."""
+    if create:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = await aiosqlite.connect(path, isolation_level=None, timeout=30)
+    else:
+        uri = path.absolute().as_uri() + "?mode=rw"  # noqa: ASYNC240 (no I/O: string only)
+        conn = await aiosqlite.connect(uri, uri=True, isolation_level=None, timeout=30)
     await conn.execute("PRAGMA journal_mode=WAL")
     await conn.execute("PRAGMA synchronous=FULL")
     await conn.executescript(SCHEMA + schema)

@@ -10,9 +10,10 @@ from pathlib import Path
 import msgspec
 
 from events.log import EventLog
+from projections import index_location
 from projections.operations import OperationsStore
 from projections.records import RecordIndex
-from projections.runner import decode_batch, positions_after
+from projections.runner import apply_isolated
 from projections.tracking import TrackedStore
 
 
@@ -26,15 +27,7 @@ async def replay_into(event_log: EventLog, store: TrackedStore, upto: dict[int, 
         while any(upto.get(p, 0) > 0 for p in range(event_log.partitions)):
             messages = [m for m in await reader.poll(0.2) if m.offset < upto.get(m.partition, 0)]
             if messages:
-                good, _poison = decode_batch(messages)  # skipped live too (parked in the DLQ)
-                try:
-                    await store.apply([e for _, e in good], positions_after(messages))
-                except Exception:
-                    for message, event in good:
-                        try:
-                            await store.apply([event], positions_after([message]))
-                        except Exception:
-                            await store.apply([], positions_after([message]))
+                await apply_isolated(store, messages)
             done = await store.positions()
             if all(done.get(p, 0) >= upto.get(p, 0) for p in range(event_log.partitions)):
                 return
@@ -47,14 +40,13 @@ async def verify(event_log: EventLog, data_dir: Path) -> dict:
     differences: list[str] = []
     counts = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, cls, live_file in (
-            ("operations", OperationsStore, "api-operations.db"),
-            ("records", RecordIndex, "records.db"),
+        for name, cls, path in (
+            ("operations", OperationsStore, data_dir / "api-operations.db"),
+            ("records", RecordIndex, index_location.active_path(data_dir)),
         ):
-            path = data_dir / live_file
             if not path.exists():
                 raise FileNotFoundError(f"no live {name} projection at {path}")
-            live, fresh = cls(path), cls(Path(tmp) / live_file)
+            live, fresh = cls(path), cls(Path(tmp) / path.name)
             await live.open()
             await fresh.open()
             try:
@@ -63,9 +55,10 @@ async def verify(event_log: EventLog, data_dir: Path) -> dict:
                     a = {o.id: msgspec.to_builtins(o) for o in await live.all()}
                     b = {o.id: msgspec.to_builtins(o) for o in await fresh.all()}
                 else:
-                    a = {r[0]: r for r in await live.rows()}
-                    b = {r[0]: r for r in await fresh.rows()}
-                counts[name] = len(a)
+                    a = await live.snapshot()
+                    b = await fresh.snapshot()
+                records = sum(k.startswith("record ") for k in a)
+                counts[name] = len(a) if name == "operations" else records
                 for key in sorted(set(a) | set(b)):
                     if a.get(key) != b.get(key):
                         differences.append(

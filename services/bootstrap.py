@@ -15,6 +15,7 @@ from events import dlq, model
 from events.kafka_log import KafkaEventLog
 from events.log import EventLog
 from events.sqlite_log import SqliteEventLog
+from projections import index_location
 from projections.operations import OperationsStore
 from projections.records import RecordIndex
 from projections.runner import ProjectionRunner
@@ -24,8 +25,16 @@ from services.api.auth import ServiceAuth
 from services.api.lexicon import Lexicons
 from services.identity import DidResolver
 from services.settings import Settings
-from services.workers import did_sync, freshness_scan, governance_sync, not_yet, pds_scan
+from services.workers import (
+    citation_extraction,
+    did_sync,
+    freshness_scan,
+    full_reindex,
+    governance_sync,
+    pds_scan,
+)
 from services.workers.context import Services
+from services.workers.grobid import Grobid
 from services.workers.runner import Handler, WorkerService
 from services.workers.xrpc_client import RetryPolicy, XrpcClient
 
@@ -35,8 +44,8 @@ HANDLERS: dict[str, Handler] = {
     "didSync": did_sync.run,
     "pdsScan": pds_scan.run,
     "freshnessScan": freshness_scan.run,
-    "citationExtraction": not_yet.run,
-    "fullReindex": not_yet.run,
+    "citationExtraction": citation_extraction.run,
+    "fullReindex": full_reindex.run,
     "governanceSync": governance_sync.run,
 }
 assert set(HANDLERS) == set(model.BACKFILL_TYPES)
@@ -132,7 +141,9 @@ async def run_api(
 
 
 # Worker types that read the record index; their process keeps its own replica of it.
-READS_INDEX = {"freshnessScan"}
+READS_INDEX = {"freshnessScan", "citationExtraction"}
+# Worker types that run beside the projector and work on its index.
+BESIDE_PROJECTOR = {"fullReindex"}
 
 
 async def run_workers(
@@ -143,6 +154,11 @@ async def run_workers(
     index_runner: ProjectionRunner | None = None,
 ) -> None:
     """`index_runner`: the projector's runner when it runs in this process."""
+    if BESIDE_PROJECTOR & set(types) and index_runner is None:
+        raise SystemExit(
+            f"{', '.join(sorted(BESIDE_PROJECTOR & set(types)))} works on the projector's index: "
+            "it runs inside `chive-backfill projector` (or `up`), not as a worker of its own"
+        )
     async with contextlib.AsyncExitStack() as stack:
         http = await stack.enter_async_context(httpx.AsyncClient(follow_redirects=True))
         tasks: list[asyncio.Task] = []
@@ -151,8 +167,11 @@ async def run_workers(
             own_replica = index_runner is None
             # A worker process on its own keeps a replica of the index, folded here; beside
             # the projector it reads the projector's index over a connection of its own.
-            index = RecordIndex(
-                settings.data_dir / ("worker-records.db" if own_replica else "records.db")
+            # Beside the projector the reader follows fullReindex's switches.
+            index = (
+                RecordIndex(settings.data_dir / "worker-records.db")
+                if own_replica
+                else RecordIndex.reader_in(settings.data_dir)
             )
             await index.open()
             stack.push_async_callback(index.close)
@@ -168,6 +187,9 @@ async def run_workers(
             governance_did=settings.governance_did,
             index=index,
             index_runner=runner,
+            projector=index_runner,
+            data_dir=settings.data_dir,
+            grobid=Grobid(http, settings.grobid_url, policy) if settings.grobid_url else None,
         )
         workers = [WorkerService(t, HANDLERS[t], services) for t in types]
         tasks += [
@@ -182,7 +204,7 @@ async def run_workers(
 def records_projection(
     settings: Settings, event_log: EventLog
 ) -> tuple[RecordIndex, ProjectionRunner]:
-    index = RecordIndex(settings.data_dir / "records.db")
+    index = RecordIndex(index_location.active_path(settings.data_dir))
     return index, ProjectionRunner(event_log, index, "records")
 
 
@@ -192,15 +214,24 @@ async def run_projector(
     stop: asyncio.Event,
     runner: ProjectionRunner | None = None,
 ) -> None:
-    """`runner`: a records projection whose index the caller has opened (and will close)."""
+    """`runner`: a records projection whose index the caller has opened (and will close).
+    Without one, this process owns the index, and runs the workers that work on it."""
     if runner is not None:
         await runner.run(stop)
         return
     index, runner = records_projection(settings, event_log)
     await index.open()
+    tasks = [
+        asyncio.create_task(runner.run(stop), name="projector"),
+        asyncio.create_task(
+            run_workers(settings, event_log, sorted(BESIDE_PROJECTOR), stop, runner),
+            name="projector-workers",
+        ),
+    ]
     try:
-        await runner.run(stop)
+        await _until_first_done(tasks, stop)
     finally:
+        await _cancel(tasks)
         await index.close()
 
 

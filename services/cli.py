@@ -13,6 +13,7 @@ import msgspec
 
 from events import model
 from events.log import read_to_end
+from projections import index_location
 from services import bootstrap, keys
 from services.settings import SettingsError, load
 
@@ -36,7 +37,14 @@ def _parser() -> argparse.ArgumentParser:
     events.add_argument("--operation", help="only this operation's events")
     events.add_argument("--records", action="store_true", help="the records topic instead")
     records = sub.add_parser("records", help="the record index")
-    records.add_argument("action", choices=["stats"])
+    records.add_argument(
+        "action",
+        choices=["stats", "search", "citations"],
+        help="stats: live records per collection; search TEXT: eprints whose title or abstract "
+        "match (full text); citations URI: an eprint's citations, user-provided first",
+    )
+    records.add_argument("argument", nargs="?", help="TEXT for search, URI for citations")
+    records.add_argument("--limit", type=int, default=20, help="search: most results shown")
     replay = sub.add_parser("replay", help="fold the whole log afresh and compare (audit)")
     replay.add_argument(
         "--verify",
@@ -71,7 +79,7 @@ async def _async_main(settings, args) -> int:
     if args.command == "events":
         return await _events(settings, args)
     if args.command == "records":
-        return await _records(settings)
+        return await _records(settings, args)
     if args.command == "replay":
         return await _replay(settings)
     if args.command == "dlq":
@@ -128,13 +136,25 @@ async def _events(settings, args) -> int:
     return 0
 
 
-async def _records(settings) -> int:
+async def _records(settings, args) -> int:
     from projections.records import RecordIndex
 
-    index = RecordIndex(settings.data_dir / "records.db")
+    if args.action != "stats" and not args.argument:
+        print(f"records {args.action} needs an argument", file=sys.stderr)
+        return 2
+    if not index_location.active_path(settings.data_dir).exists():
+        print(f"no record index in {settings.data_dir}", file=sys.stderr)
+        return 1
+    index = RecordIndex.reader_in(settings.data_dir)
     await index.open()
     try:
-        print(json.dumps(await index.stats(), indent=2, sort_keys=True))
+        if args.action == "stats":
+            result = await index.stats()
+        elif args.action == "search":
+            result = await index.search(args.argument, max(1, args.limit))
+        else:
+            result = await index.citations(args.argument)
+        print(json.dumps(result, indent=2, sort_keys=True))
     finally:
         await index.close()
     return 0

@@ -34,6 +34,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     stall_after_s: int = 120
     governance_pds_url: str = "https://governance.chive.pub"
     governance_did: str | None = None
+    # GROBID for citationExtraction; unset: PDFs are read by the worker itself.
+    grobid_url: str | None = None
     source_timeout_s: float = 15.0
     source_attempts: int = 5
     log_level: str = "INFO"
@@ -85,7 +87,11 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     governance_did = env.get("CHIVE_GOVERNANCE_DID") or None
     if governance_did is not None and not is_did(governance_did):
         raise SettingsError(f"CHIVE_GOVERNANCE_DID must be a DID, got {governance_did!r}")
+    grobid_url = env.get("CHIVE_GROBID_URL") or None
+    if grobid_url is not None and not is_http_url(grobid_url):
+        raise SettingsError(f"CHIVE_GROBID_URL must be an http(s) URL, got {grobid_url!r}")
     return Settings(
+        grobid_url=grobid_url.rstrip("/") if grobid_url else None,
         governance_pds_url=governance_pds_url.rstrip("/"),
         governance_did=governance_did,
         event_log=event_log,

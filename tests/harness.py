@@ -204,7 +204,7 @@ async def wait_index(data_dir: Path, expected_uris: list[str], timeout: float = 
     """Wait until the record index under `data_dir` holds exactly these live records."""
     from projections.records import RecordIndex
 
-    index = RecordIndex(data_dir / "records.db")
+    index = RecordIndex.reader_in(data_dir)
     await index.open()
     try:
 

@@ -62,6 +62,10 @@ def cid_for(value: dict[str, Any]) -> str:
     return "bafyrei" + digest[:52]
 
 
+def blob_cid(data: bytes) -> str:
+    return "bafkrei" + hashlib.sha256(data).hexdigest()[:52]
+
+
 @dataclass
 class Repo:
     did: str
@@ -91,12 +95,15 @@ class FakePds:
         self.faults = Faults()
         self.calls: dict[str, int] = {}
         self.did_web_documents: dict[str, dict[str, Any]] = {}
+        # (did, cid) -> (bytes, mime type)
+        self.blobs: dict[tuple[str, str], tuple[bytes, str]] = {}
         self.app = Starlette(
             routes=[
                 Route("/xrpc/com.atproto.sync.listRepos", self.list_repos),
                 Route("/xrpc/com.atproto.repo.describeRepo", self.describe_repo),
                 Route("/xrpc/com.atproto.repo.listRecords", self.list_records),
                 Route("/xrpc/com.atproto.repo.getRecord", self.get_record),
+                Route("/xrpc/com.atproto.sync.getBlob", self.get_blob),
                 Route("/.well-known/did.json", self.did_web),
             ]
         )
@@ -120,6 +127,17 @@ class FakePds:
             }
         self.repos[did] = repo
         return repo
+
+    def add_blob(self, did: str, data: bytes, mime: str = "application/pdf") -> dict[str, Any]:
+        """Store a blob in the repo; returns the blob ref a record holds."""
+        cid = blob_cid(data)
+        self.blobs[(did, cid)] = (data, mime)
+        return {"$type": "blob", "ref": {"$link": cid}, "mimeType": mime, "size": len(data)}
+
+    def put_record(self, did: str, collection: str, rkey: str, value: dict[str, Any]) -> str:
+        repo = self.repos.setdefault(did, Repo(did))
+        repo.collections.setdefault(collection, {})[rkey] = {"$type": collection, **value}
+        return f"at://{did}/{collection}/{rkey}"
 
     def chive_count(self, did: str) -> int:
         repo = self.repos[did]
@@ -246,6 +264,17 @@ class FakePds:
         uri = f"at://{repo.did}/{q['collection']}/{q['rkey']}"
         return JSONResponse({"uri": uri, "cid": cid_for(value), "value": value})
 
+    async def get_blob(self, request: Request) -> Response:
+        if (fault := await self._gate("getBlob")) is not None:
+            return fault
+        q = request.query_params
+        if q.get("did") not in self.repos:
+            return _error(400, "RepoNotFound", f"Could not find repo for DID: {q.get('did')}")
+        blob = self.blobs.get((q.get("did", ""), q.get("cid", "")))
+        if blob is None:
+            return _error(400, "BlobNotFound", "Blob not found")
+        return Response(blob[0], media_type=blob[1])
+
     async def did_web(self, request: Request) -> Response:
         host = request.headers.get("host", "")
         doc = self.did_web_documents.get(host)
@@ -319,3 +348,112 @@ def wait_until(check, timeout: float = 20.0, what: str = "condition"):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.02)
+
+
+class FakeGrobid:
+    """A GROBID stand-in: `/api/isalive` and `/api/processReferences` (multipart `input`),
+    answering with GROBID's TEI for the references registered for each PDF. A PDF registered
+    with none gets 204, as GROBID answers a document without references; a body that is not
+    a PDF it can open gets GROBID's 500 [BAD_INPUT_DATA]."""
+
+    def __init__(self) -> None:
+        # sha256 of the PDF -> references (dicts: title, doi, arxiv, year, authors, raw)
+        self.references: dict[str, list[dict[str, Any]]] = {}
+        self.received: list[str] = []
+        self.calls: dict[str, int] = {}
+        self.busy = 0  # the next N processReferences calls answer 503
+        self.delay_s = 0.0
+        self.app = Starlette(
+            routes=[
+                Route("/api/isalive", self.isalive),
+                Route("/api/processReferences", self.process_references, methods=["POST"]),
+            ]
+        )
+        self._server = LoopbackServer(self.app)
+        self.url = self._server.url
+
+    def start(self) -> FakeGrobid:
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    def register(self, pdf: bytes, references: list[dict[str, Any]]) -> None:
+        self.references[hashlib.sha256(pdf).hexdigest()] = references
+
+    async def isalive(self, request: Request) -> Response:
+        self.calls["isalive"] = self.calls.get("isalive", 0) + 1
+        return Response("true", media_type="text/plain")
+
+    async def process_references(self, request: Request) -> Response:
+        self.calls["processReferences"] = self.calls.get("processReferences", 0) + 1
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if self.busy:
+            self.busy -= 1
+            return Response(status_code=503)
+        form = await request.form()
+        upload = form.get("input")
+        if upload is None or isinstance(upload, str):
+            return Response("[GENERAL] An exception occurred: missing input", status_code=400)
+        data = await upload.read()
+        if not _is_pdf(data):
+            return Response("[BAD_INPUT_DATA] PDF to XML conversion failed", status_code=500)
+        digest = hashlib.sha256(data).hexdigest()
+        self.received.append(digest)
+        references = self.references.get(digest)
+        if not references:
+            return Response(status_code=204)
+        return Response(tei(references), media_type="application/xml")
+
+
+def _is_pdf(data: bytes) -> bool:
+    """What GROBID's PDF parser accepts, near enough: a file a PDF reader can open."""
+    import io
+
+    from pypdf import PdfReader
+
+    try:
+        return len(PdfReader(io.BytesIO(data)).pages) > 0
+    except Exception:
+        return False
+
+
+def tei(references: list[dict[str, Any]]) -> str:
+    """GROBID's processReferences TEI for these references."""
+    from xml.sax.saxutils import escape
+
+    entries = []
+    for i, ref in enumerate(references):
+        authors = "".join(
+            "<author><persName>"
+            + "".join(
+                f'<forename type="first">{escape(given)}</forename>' for given in name.split()[:-1]
+            )
+            + f"<surname>{escape(name.split()[-1])}</surname></persName></author>"
+            for name in ref.get("authors", [])
+        )
+        doi = f'<idno type="DOI">{escape(ref["doi"])}</idno>' if ref.get("doi") else ""
+        arxiv = (
+            f'<idno type="arXiv">arXiv:{escape(ref["arxiv"])}</idno>' if ref.get("arxiv") else ""
+        )
+        year = (
+            f'<date type="published" when="{ref["year"]}">{ref["year"]}</date>'
+            if ref.get("year")
+            else ""
+        )
+        raw = f'<note type="raw_reference">{escape(ref["raw"])}</note>' if ref.get("raw") else ""
+        entries.append(
+            f'<biblStruct xml:id="b{i}"><analytic>'
+            f'<title level="a" type="main">{escape(ref.get("title", ""))}</title>'
+            f'{authors}{doi}</analytic><monogr><title level="j">{escape(ref.get("venue", ""))}'
+            f"</title><imprint>{year}</imprint></monogr>{arxiv}{raw}</biblStruct>"
+        )
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<TEI xmlns="http://www.tei-c.org/ns/1.0" xmlns:xlink="http://www.w3.org/1999/xlink">'
+        "<teiHeader/><text><front/><body/><back><div><listBibl>"
+        + "".join(entries)
+        + "</listBibl></div></back></text></TEI>"
+    )

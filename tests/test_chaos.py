@@ -12,6 +12,7 @@ import pytest
 
 from events.model import BACKFILL_TYPES
 from projections.records import RecordIndex
+from services.bootstrap import BESIDE_PROJECTOR
 from tests.broker import free_port
 from tests.conftest import eventually
 from tests.harness import (
@@ -49,11 +50,14 @@ def build_workload(plc, pds_a, pds_b, unique: str) -> list[dict]:
 
 
 def outcome(op: dict) -> tuple:
+    # fullReindex counts the record events on the log when it switches: that depends on how
+    # far the concurrent scans got (and on re-emitted pages after kills), not on correctness.
+    counted = op["type"] != "fullReindex"
     return (
         op["type"],
         json.dumps(op["params"], sort_keys=True),
         op["status"],
-        op["recordsProcessed"],
+        op["recordsProcessed"] if counted else None,
         op.get("error"),
     )
 
@@ -64,7 +68,7 @@ async def run_undisturbed(tmp_path, plc, workload) -> tuple[set, list]:
     async with running_service(settings, admin) as client:
         ops = [await client.trigger(**body) for body in workload]
         finished = [await client.wait_finished(op["id"], timeout=120) for op in ops]
-        index = RecordIndex(settings.data_dir / "records.db")
+        index = RecordIndex.reader_in(settings.data_dir)
         await index.open()
         total = sum(o["recordsProcessed"] for o in finished if o["type"] == "pdsScan")
 
@@ -93,7 +97,8 @@ async def test_seeded_kills_change_nothing(log_kind, kafka, tmp_path, plc, uniqu
         env = service_env(tmp_path / "data", port, plc.url, admin, kafka=kafka, namespace=unique)
         if kafka:
             roles = {"api": ("api",), "projector": ("projector",)}
-            for kind in BACKFILL_TYPES:
+            # The projector hosts fullReindex: killing it kills a rebuild too.
+            for kind in sorted(set(BACKFILL_TYPES) - BESIDE_PROJECTOR):
                 roles[f"{kind}-1"] = ("worker", kind)
             roles["pdsScan-2"] = ("worker", "pdsScan")
             roles["didSync-2"] = ("worker", "didSync")
@@ -148,7 +153,7 @@ async def test_seeded_kills_change_nothing(log_kind, kafka, tmp_path, plc, uniqu
             env, tmp_path / "catchup.log", ("projector",) if kafka else ("up",)
         )
         catch_up.start()
-        index = RecordIndex(tmp_path / "data" / "records.db")
+        index = RecordIndex.reader_in(tmp_path / "data")
         await index.open()
         try:
 

@@ -127,21 +127,6 @@ async def test_duplicate_trigger_returns_the_running_operation(settings, admin, 
         await client.post("pub.chive.admin.cancelBackfill", {"id": third["id"]})
 
 
-@pytest.mark.parametrize(
-    "body",
-    [
-        {"type": "citationExtraction"},
-        {"type": "fullReindex", "batchSize": 50},
-    ],
-)
-async def test_types_not_built_yet_fail_clearly(settings, admin, body):
-    async with running_service(settings, admin) as client:
-        op = await client.trigger(**body)
-        done = await client.wait_finished(op["id"])
-        assert done["status"] == "failed"
-        assert "not implemented" in done["error"] and body["type"] in done["error"]
-
-
 async def test_unreachable_pds_fails_with_a_clear_error(settings, admin, plc, unique):
     from tests.broker import free_port
 

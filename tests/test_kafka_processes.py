@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from events import model
 from events.kafka_log import KafkaEventLog
+from services.bootstrap import BESIDE_PROJECTOR
 from tests.broker import free_port
 from tests.conftest import eventually
 from tests.harness import Admin, Client, ServiceProcess, service_env, wait_index
@@ -55,7 +56,10 @@ async def test_replicas_share_work_and_take_over_on_crash(
 
     processes: dict[str, ServiceProcess] = {}
     for name, args in [("api", ("api",)), ("projector", ("projector",))] + [
-        (f"{t}-{r}", ("worker", t)) for t in model.BACKFILL_TYPES for r in (1, 2)
+        (f"{t}-{r}", ("worker", t))
+        for t in model.BACKFILL_TYPES
+        if t not in BESIDE_PROJECTOR
+        for r in (1, 2)
     ]:
         # A worker process keeps its own state (freshnessScan's index replica) in a data dir
         # of its own; the API and the projector share tmp_path/data.

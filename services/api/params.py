@@ -63,6 +63,10 @@ def backfill_params(raw: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         parsed = parse_at_uri(raw["uri"])
         if parsed is None or parsed[2] is None:
             raise invalid_request("uri must be a full record at-uri (at://did/collection/rkey)")
+        if parsed[1] != "pub.chive.eprint.submission" or not parsed[0].startswith("did:"):
+            raise invalid_request(
+                "uri must name an eprint: at://<did>/pub.chive.eprint.submission/<rkey>"
+            )
         params["uri"] = raw["uri"]
     elif kind == "fullReindex":
         params["batchSize"] = raw.get("batchSize", DEFAULT_BATCH_SIZE)

@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -19,7 +20,8 @@ from events import model
 from events.log import Entry, EventLog, append_patiently
 from projections.records import RecordIndex
 from projections.runner import ProjectionRunner
-from services.identity import DidResolver
+from services.identity import DidNotFound, DidResolver, ResolutionError, pds_endpoint
+from services.workers.grobid import Grobid
 from services.workers.xrpc_client import XrpcClient
 
 PROGRESS_INTERVAL_S = 2.0
@@ -57,6 +59,13 @@ class Services:
     # The worker process's own replica of the record index (types that read the index).
     index: RecordIndex | None = None
     index_runner: ProjectionRunner | None = None
+    # The projector's runner when it runs in this process (fullReindex swaps its index).
+    projector: ProjectionRunner | None = None
+    data_dir: Path | None = None
+    # One index rebuild at a time per process.
+    reindex_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # GROBID for citationExtraction; None: the worker extracts PDF text itself.
+    grobid: Grobid | None = None
 
 
 Appender = Callable[[model.OperationEvent], Awaitable[None]]
@@ -158,3 +167,15 @@ def to_checkpoint(struct: msgspec.Struct) -> dict[str, Any]:
 
 def from_checkpoint(data: dict[str, Any] | None, kind: type):
     return msgspec.convert(data, kind) if data else kind()
+
+
+async def pds_of(services: Services, did: str) -> str:
+    """The PDS endpoint of a DID (documents cached by the resolver); OperationFailed if none."""
+    try:
+        document = await services.resolver.resolve(did)
+    except (DidNotFound, ResolutionError) as exc:
+        raise OperationFailed(str(exc)) from exc
+    endpoint = pds_endpoint(document)
+    if endpoint is None:
+        raise OperationFailed(f"DID document of {did} has no #atproto_pds service")
+    return endpoint

@@ -18,12 +18,12 @@ import msgspec
 
 from events import model
 from projections.records import IndexedRecord
-from services.identity import DidNotFound, ResolutionError, pds_endpoint
 from services.workers.context import (
     OperationFailed,
     Outcome,
     WorkContext,
     from_checkpoint,
+    pds_of,
     to_checkpoint,
 )
 from services.workers.xrpc_client import SourceUnavailable, XrpcCallError
@@ -75,7 +75,7 @@ async def run(ctx: WorkContext) -> Outcome:
 
     async def check(record: IndexedRecord) -> tuple[str, model.RecordEvent | None]:
         try:
-            pds = await _pds_of(ctx, record.did)
+            pds = await pds_of(ctx.services, record.did)
         except OperationFailed as exc:
             return f"unresolvable {record.did}: {exc}", None
         circuit = circuits[pds]
@@ -144,14 +144,3 @@ async def run(ctx: WorkContext) -> Outcome:
         skip_reasons=dict(state.unreachable),
         records_deleted=state.deleted,
     )
-
-
-async def _pds_of(ctx: WorkContext, did: str) -> str:
-    try:
-        document = await ctx.services.resolver.resolve(did)
-    except (DidNotFound, ResolutionError) as exc:
-        raise OperationFailed(str(exc)) from exc
-    endpoint = pds_endpoint(document)
-    if endpoint is None:
-        raise OperationFailed("no #atproto_pds service")
-    return endpoint

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -38,6 +39,12 @@ class RetryPolicy:
     max_retry_after_s: float = 30.0
     timeout_s: float = 15.0
 
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Exponential backoff with jitter after attempt `attempt` (0-based), at least what
+        the server asked for."""
+        delay = min(self.max_delay_s, self.base_delay_s * 2**attempt)
+        return max(delay * (0.5 + random.random() / 2), retry_after or 0.0)
+
 
 class XrpcClient:
     def __init__(self, http: httpx.AsyncClient, policy: RetryPolicy | None = None) -> None:
@@ -50,6 +57,22 @@ class XrpcClient:
         return await self.get(url, query, into)
 
     async def get(self, url: str, params: dict[str, Any], into: type[T]) -> T:
+        return await self._get(url, params, lambda r: msgspec.json.decode(r.content, type=into))
+
+    async def blob(self, base_url: str, did: str, cid: str, max_bytes: int) -> bytes:
+        """com.atproto.sync.getBlob; XrpcCallError("BlobTooLarge") past max_bytes."""
+        url = f"{base_url.rstrip('/')}/xrpc/com.atproto.sync.getBlob"
+
+        def body(response: httpx.Response) -> bytes:
+            if len(response.content) > max_bytes:
+                raise XrpcCallError(url, 200, "BlobTooLarge", f"over {max_bytes} bytes")
+            return response.content
+
+        return await self._get(url, {"did": did, "cid": cid}, body)
+
+    async def _get(
+        self, url: str, params: dict[str, Any], parse: Callable[[httpx.Response], T]
+    ) -> T:
         policy = self.policy
         last = "no attempt made"
         for attempt in range(policy.attempts):
@@ -62,7 +85,7 @@ class XrpcClient:
                 status = response.status_code
                 if status == 200:
                     try:
-                        return msgspec.json.decode(response.content, type=into)
+                        return parse(response)
                     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                         last = f"unexpected response body: {exc}"
                 elif status == 429 or status >= 500:
@@ -72,9 +95,7 @@ class XrpcClient:
                     error, message = _error_body(response)
                     raise XrpcCallError(url, status, error, message)
             if attempt + 1 < policy.attempts:
-                delay = min(policy.max_delay_s, policy.base_delay_s * 2**attempt)
-                delay = delay * (0.5 + random.random() / 2)
-                await asyncio.sleep(max(delay, retry_after or 0.0))
+                await asyncio.sleep(policy.delay(attempt, retry_after))
         raise SourceUnavailable(f"{url} failed after {policy.attempts} attempts: {last}")
 
 

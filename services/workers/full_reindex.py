@@ -1,0 +1,103 @@
+"""fullReindex: rebuild the record index from the records topic, then switch to it atomically.
+
+Runs in the process of the projector whose index it rebuilds (under `up`, or beside
+`chive-backfill projector`). The new index is a file of its own (`records-<operation>.db`),
+folded from offset 0 in transactions of `batchSize` events with the same fold as the live
+index; its tracking rows are the checkpoint, so a crash resumes where the last batch committed
+and readers keep being served from the old index meanwhile. To switch, the projector is paused,
+the new index folds the events appended since, the pointer file names it (one rename), the
+projector carries on writing it and reader connections move to it on their next query. The old
+file is removed after. recordsProcessed = record events folded into the new index (poison
+events the live projection parked are counted and skipped alike).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from events import model
+from events.log import Message
+from projections import index_location
+from projections.records import RecordIndex
+from projections.runner import apply_isolated
+from services.api.params import DEFAULT_BATCH_SIZE
+from services.workers.context import OperationFailed, Outcome, WorkContext
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.2
+
+
+async def run(ctx: WorkContext) -> Outcome:
+    runner, data_dir = ctx.services.projector, ctx.services.data_dir
+    if runner is None or data_dir is None:
+        raise OperationFailed(
+            "fullReindex runs in the projector's process (chive-backfill up or projector)"
+        )
+    live = runner.projection
+    assert isinstance(live, RecordIndex)
+    batch_size = max(1, int(ctx.params.get("batchSize", DEFAULT_BATCH_SIZE)))
+    target = index_location.rebuild_path(data_dir, ctx.operation_id)
+    async with ctx.services.reindex_lock:
+        if live.path == target:
+            # Switched already, then the process died before the operation completed.
+            return Outcome(records_processed=_count(await live.positions()))
+        fresh = RecordIndex(target)
+        await fresh.open()
+        switched = False
+        try:
+            await _fold_to_end(ctx, fresh, batch_size, cancellable=True)
+            async with runner.paused():
+                # The tail appended during the rebuild; the live index is not written meanwhile.
+                await _fold_to_end(ctx, fresh, batch_size, cancellable=False)
+                old = live.path
+                index_location.switch_to(data_dir, target)
+                await live.adopt(fresh)
+                switched = True
+                await runner.reseek()
+            index_location.remove(old)
+            log.info("fullReindex %s: serving %s, removed %s", ctx.operation_id, target, old)
+            return Outcome(records_processed=_count(await live.positions()))
+        except asyncio.CancelledError:
+            raise  # process shutdown: the file stays for the resumed operation
+        except BaseException:
+            if not switched:
+                await fresh.close()
+                index_location.remove(target)
+            raise
+        finally:
+            if not switched:
+                await fresh.close()
+
+
+async def _fold_to_end(
+    ctx: WorkContext, fresh: RecordIndex, batch_size: int, *, cancellable: bool
+) -> None:
+    event_log = ctx.services.event_log
+    reader = event_log.reader(model.RECORDS_TOPIC, await fresh.positions())
+    await reader.start()
+    try:
+        pending: list[Message] = []
+        while True:
+            if cancellable:
+                ctx.check_cancelled()
+            messages = await reader.poll(POLL_S)
+            pending += messages
+            while len(pending) >= batch_size or (pending and not messages):
+                batch, pending = pending[:batch_size], pending[batch_size:]
+                await apply_isolated(fresh, batch)
+                await ctx.progress(_count(await fresh.positions()), {"file": fresh.path.name})
+                if cancellable:
+                    ctx.check_cancelled()
+            if not messages and not pending:
+                caught_up = [await reader.caught_up(p) for p in range(event_log.partitions)]
+                if all(caught_up):
+                    return
+    finally:
+        await reader.stop()
+
+
+def _count(positions: dict[int, int]) -> int:
+    # Offsets start at 0 and are contiguous on both logs: the next offset is the number read.
+    return sum(positions.values())
