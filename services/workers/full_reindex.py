@@ -42,6 +42,9 @@ async def run(ctx: WorkContext) -> Outcome:
     async with ctx.services.reindex_lock:
         if live.path == target:
             # Switched already, then the process died before the operation completed.
+            replaced = (ctx.checkpoint or {}).get("replacing")
+            if replaced and replaced != target.name:
+                index_location.remove(data_dir / replaced)
             return Outcome(records_processed=_count(await live.positions()))
         fresh = RecordIndex(target)
         await fresh.open()
@@ -52,6 +55,12 @@ async def run(ctx: WorkContext) -> Outcome:
                 # The tail appended during the rebuild; the live index is not written meanwhile.
                 await _fold_to_end(ctx, fresh, batch_size, cancellable=False)
                 old = live.path
+                # Durable before the switch: a resumed operation knows which file to remove.
+                await ctx.progress(
+                    _count(await fresh.positions()),
+                    {"file": target.name, "replacing": old.name},
+                    force=True,
+                )
                 index_location.switch_to(data_dir, target)
                 await live.adopt(fresh)
                 switched = True
