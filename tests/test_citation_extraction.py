@@ -140,9 +140,12 @@ async def test_pdf_text_citations_matched_and_user_records_kept(
     settings = settings_for(tmp_path / "data", admin, plc.url, kafka=kafka, namespace=unique)
     async with running_service(settings, admin) as client:
         await synced(client, did)
+        # Transient faults on the blob fetches are retried, not counted as skipped.
+        fresh_pds.faults.fail = {"getBlob": [503, 429, 500]}
         op = await client.trigger(type="citationExtraction")
         done = await client.wait_finished(op["id"], timeout=60)
         assert done["status"] == "completed", done
+        assert fresh_pds.faults.fail["getBlob"] == [], "the faults were served"
         assert (done["recordsProcessed"], done["totalRecords"]) == (6, 6)
         assert done["recordsSkipped"] == 3
         assert done["skipReasons"] == {

@@ -209,3 +209,69 @@ async def test_a_log_holding_v1_and_v2_events_replays_into_the_right_state(tmp_p
     assert got == {"old": ("completed", 12, 0), "new": ("completed", 7, 3)}
     await store.close()
     await log.close()
+
+
+def _event(cls, t: int, **fields):
+    return cls(event_id=model.new_event_id(), operation_id="op", occurred_at=t, **fields)
+
+
+async def test_eprints_searchable_citations_replaced_and_dropped_with_their_eprint(tmp_path):
+    index = RecordIndex(tmp_path / "records.db")
+    await index.open()
+    try:
+        await _eprint_lifecycle(index)
+    finally:
+        await index.close()
+
+
+async def _eprint_lifecycle(index: RecordIndex) -> None:
+    did, sub = "did:plc:a", "pub.chive.eprint.submission"
+    eprint, cited = f"at://{did}/{sub}/e1", f"at://{did}/{sub}/e2"
+
+    def submission(uri: str, title: str, t: int) -> model.RecordUpserted:
+        value = {"title": title, "abstractPlainText": "On mosses and lichens.", "doi": None}
+        return _event(
+            model.RecordUpserted,
+            t,
+            uri=uri,
+            did=did,
+            collection=sub,
+            rkey=uri.rsplit("/", 1)[1],
+            cid=f"c{t}",
+            value=msgspec.Raw(msgspec.json.encode(value)),
+        )
+
+    def citations(t: int, *titles: str) -> model.CitationsExtracted:
+        return _event(
+            model.CitationsExtracted,
+            t,
+            uri=eprint,
+            did=did,
+            document_cid="blob",
+            method="pdf-text",
+            citations=[model.Citation(title=title) for title in titles],
+        )
+
+    await index.apply(
+        [submission(eprint, "Lichens of the north", 1), submission(cited, "Tidal power", 2)],
+        {0: 2},
+    )
+    assert [r["uri"] for r in await index.search("LICHENS north")] == [eprint]
+    assert [r["uri"] for r in await index.search("mosses")] == [cited, eprint]
+    # FTS syntax in the input is words, never a query error.
+    assert await index.search('"AND( NEAR*') == []
+    assert await index.match_eprint("title", "tidal power") is None, "too short to match"
+
+    await index.apply([citations(3, "One", "Two")], {0: 3})
+    await index.apply([citations(4, "Three")], {0: 4})
+    assert [c["title"] for c in await index.citations(eprint)] == ["Three"]
+
+    # A retitled eprint is found by its new title only.
+    await index.apply([submission(eprint, "Granite weathering", 5)], {0: 5})
+    assert [r["uri"] for r in await index.search("north")] == []
+    assert [r["uri"] for r in await index.search("granite")] == [eprint]
+
+    gone = _event(model.RecordDeleted, 6, uri=eprint, did=did, collection=sub, rkey="e1")
+    await index.apply([gone], {0: 6})
+    assert await index.search("granite") == []
+    assert await index.citations(eprint) == []
