@@ -106,6 +106,7 @@ async def test_rebuild_equals_live_and_switches_without_downtime(
             await reading
             assert done["status"] == "completed", done
             assert done["recordsProcessed"] == await records_on_log(settings)
+            assert done["totalRecords"] == done["recordsProcessed"]
             assert len(answers) > 10 and set(answers) == {1528}
 
             # The pointer names the rebuilt file; the old one is gone.

@@ -45,20 +45,26 @@ async def run(ctx: WorkContext) -> Outcome:
             replaced = (ctx.checkpoint or {}).get("replacing")
             if replaced and replaced != target.name:
                 index_location.remove(data_dir / replaced)
-            return Outcome(records_processed=_count(await live.positions()))
+            folded = _count(await live.positions())
+            return Outcome(records_processed=folded, total_records=folded)
+        # What the live index has folded when the rebuild starts: known up front, and what
+        # the rebuild must reach at least (events appended meanwhile come on top).
+        total = (ctx.checkpoint or {}).get("total") or _count(runner.positions)
+        progress = {"file": target.name, "total": total}
         fresh = RecordIndex(target)
         await fresh.open()
         switched = False
         try:
-            await _fold_to_end(ctx, fresh, batch_size, cancellable=True)
+            await _fold_to_end(ctx, fresh, batch_size, progress, cancellable=True)
             async with runner.paused():
                 # The tail appended during the rebuild; the live index is not written meanwhile.
-                await _fold_to_end(ctx, fresh, batch_size, cancellable=False)
+                await _fold_to_end(ctx, fresh, batch_size, progress, cancellable=False)
                 old = live.path
                 # Durable before the switch: a resumed operation knows which file to remove.
                 await ctx.progress(
                     _count(await fresh.positions()),
-                    {"file": target.name, "replacing": old.name},
+                    {**progress, "replacing": old.name},
+                    total_records=total,
                     force=True,
                 )
                 index_location.switch_to(data_dir, target)
@@ -67,7 +73,8 @@ async def run(ctx: WorkContext) -> Outcome:
                 await runner.reseek()
             index_location.remove(old)
             log.info("fullReindex %s: serving %s, removed %s", ctx.operation_id, target, old)
-            return Outcome(records_processed=_count(await live.positions()))
+            folded = _count(await live.positions())
+            return Outcome(records_processed=folded, total_records=folded)
         except asyncio.CancelledError:
             raise  # process shutdown: the file stays for the resumed operation
         except BaseException:
@@ -81,7 +88,12 @@ async def run(ctx: WorkContext) -> Outcome:
 
 
 async def _fold_to_end(
-    ctx: WorkContext, fresh: RecordIndex, batch_size: int, *, cancellable: bool
+    ctx: WorkContext,
+    fresh: RecordIndex,
+    batch_size: int,
+    checkpoint: dict,
+    *,
+    cancellable: bool,
 ) -> None:
     event_log = ctx.services.event_log
     reader = event_log.reader(model.RECORDS_TOPIC, await fresh.positions())
@@ -96,7 +108,11 @@ async def _fold_to_end(
             while len(pending) >= batch_size or (pending and not messages):
                 batch, pending = pending[:batch_size], pending[batch_size:]
                 await apply_isolated(fresh, batch)
-                await ctx.progress(_count(await fresh.positions()), {"file": fresh.path.name})
+                await ctx.progress(
+                    _count(await fresh.positions()),
+                    checkpoint,
+                    total_records=checkpoint["total"],
+                )
                 if cancellable:
                     ctx.check_cancelled()
             if not messages and not pending:
