@@ -9,7 +9,6 @@ import unicodedata
 from typing import Any
 
 SUBMISSION = "pub.chive.eprint.submission"
-CITATION = "pub.chive.eprint.citation"
 
 _NON_WORD = re.compile(r"[^0-9a-z]+")
 _DOI = re.compile(r"10\.\d{4,9}/\S+")

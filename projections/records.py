@@ -332,10 +332,11 @@ class RecordIndex(tracking.TrackedStore):
         then extracted ones, minus extracted entries that a user record already gives (same
         DOI, same cited eprint or same title): a user's record always wins."""
         conn = await self._current()
+        # The collection is spelled out so SQLite can use the partial index records_cites.
         async with conn.execute(
-            "SELECT uri, value FROM records WHERE collection = ? AND deleted = 0 "
-            "AND json_extract(value, '$.eprintUri') = ? ORDER BY uri",
-            (eprints.CITATION, eprint_uri),
+            "SELECT uri, value FROM records WHERE collection = 'pub.chive.eprint.citation' "
+            "AND deleted = 0 AND json_extract(value, '$.eprintUri') = ? ORDER BY uri",
+            (eprint_uri,),
         ) as cur:
             user_rows = await cur.fetchall()
         out: list[dict[str, Any]] = []

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from events import model
 from events.kafka_log import KafkaEventLog
+from projections import index_location
 from services.bootstrap import BESIDE_PROJECTOR
 from tests.broker import free_port
 from tests.conftest import eventually
@@ -104,6 +105,24 @@ async def test_replicas_share_work_and_take_over_on_crash(
         fresh_done = await client.wait_finished(fresh["id"], timeout=90)
         assert fresh_done["status"] == "completed", fresh_done
         assert fresh_done["recordsProcessed"] == fresh_done["totalRecords"] == expected
+
+        # citationExtraction in its own process reads its replica too: one eprint, no document.
+        cited = fresh_pds.put_record(did, "pub.chive.eprint.submission", "3k1", {"title": "T"})
+        sync = await client.trigger(type="didSync", did=did)
+        assert (await client.wait_finished(sync["id"], timeout=60))["status"] == "completed"
+        citations = await client.trigger(type="citationExtraction")
+        citations_done = await client.wait_finished(citations["id"], timeout=60)
+        assert citations_done["status"] == "completed", citations_done
+        assert citations_done["skipReasons"] == {"no document": 1}, citations_done
+
+        # fullReindex runs inside the projector process and switches the index it serves.
+        reindex = await client.trigger(type="fullReindex", batchSize=500)
+        reindex_done = await client.wait_finished(reindex["id"], timeout=90)
+        assert reindex_done["status"] == "completed", reindex_done
+        data = tmp_path / "data"
+        assert index_location.active_path(data).name == f"records-{reindex['id']}.db"
+        await wait_index(data, fresh_pds.chive_uris())
+        assert cited in fresh_pds.chive_uris()
     finally:
         await client.close()
         for name, process in processes.items():
