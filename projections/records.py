@@ -263,6 +263,17 @@ class RecordIndex(tracking.TrackedStore):
             rows = await cur.fetchall()
         return [_record(r, values) for r in rows]
 
+    async def live_uris(self, did: str, collections: list[str]) -> list[str]:
+        """Live record uris of one repo in these collections, sorted."""
+        conn = await self._current()
+        marks = ", ".join("?" for _ in collections)
+        async with conn.execute(
+            f"SELECT uri FROM records WHERE did = ? AND collection IN ({marks}) AND deleted = 0 "
+            "ORDER BY uri",
+            (did, *collections),
+        ) as cur:
+            return [uri for (uri,) in await cur.fetchall()]
+
     async def rows(self) -> list[tuple]:
         """Every row, sorted by uri: what an audit compares."""
         conn = await self._current()

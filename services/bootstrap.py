@@ -141,7 +141,7 @@ async def run_api(
 
 
 # Worker types that read the record index; their process keeps its own replica of it.
-READS_INDEX = {"freshnessScan", "citationExtraction"}
+READS_INDEX = {"freshnessScan", "citationExtraction", "governanceSync"}
 # Worker types that run beside the projector and work on its index.
 BESIDE_PROJECTOR = {"fullReindex"}
 

@@ -3,8 +3,8 @@ governance PDS into the index.
 
 Two phases. Upserts: every record of both collections, all pages; a record missing a field the
 lexicon requires is skipped with that reason. Deletes: graph records of the governance repo that
-the index holds (as folded from the records topic) but the PDS no longer lists; the planned
-deletes are checkpointed before they are appended, so a resumed run counts them exactly.
+the worker's record index holds (caught up with the log first) but the PDS no longer lists; the
+planned deletes are checkpointed before they are appended, so a resumed run counts them exactly.
 recordsProcessed = valid graph records synced; recordsDeleted = graph records deleted.
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 import msgspec
 
 from events import model
-from events.log import read_to_end
 from services.workers.context import (
     OperationFailed,
     Outcome,
@@ -25,6 +24,7 @@ from services.workers.repo_scan import RepoPosition, scan_repo
 from services.workers.xrpc_client import SourceUnavailable, XrpcCallError
 
 GRAPH = ["pub.chive.graph.node", "pub.chive.graph.edge"]
+INDEX_READY_S = 60.0
 REQUIRED = {
     "pub.chive.graph.node": ("id", "kind", "label", "status", "createdAt"),
     "pub.chive.graph.edge": ("id", "sourceUri", "targetUri", "relationSlug", "status", "createdAt"),
@@ -116,15 +116,12 @@ async def _gone(ctx: WorkContext, pds_url: str, did: str) -> list[str]:
         only=GRAPH,
         validate=validate,
     )
-    prefixes = tuple(f"at://{did}/{c}/" for c in GRAPH)
-    live: set[str] = set()
-    for message in await read_to_end(ctx.services.event_log, model.RECORDS_TOPIC):
-        if not message.key.startswith(prefixes):
-            continue
-        if message.headers.get("event_type") == "RecordDeleted":
-            live.discard(message.key)
-        elif message.headers.get("event_type") == "RecordUpserted":
-            live.add(message.key)
+    index, runner = ctx.services.index, ctx.services.index_runner
+    if index is None or runner is None:
+        raise OperationFailed("governanceSync needs the record index replica of its worker")
+    if not await runner.wait_caught_up(INDEX_READY_S):
+        raise OperationFailed("the worker's record index did not catch up with the log")
+    live = set(await index.live_uris(did, GRAPH))
     return sorted(live - listed)
 
 
