@@ -5,6 +5,8 @@ earlier set; cancel; SIGKILL and resume to the exact count."""
 
 from __future__ import annotations
 
+import json
+
 import msgspec
 
 from events import model
@@ -19,6 +21,7 @@ from tests.harness import (
     ServiceProcess,
     attempts,
     kill_while_running,
+    run_cli,
     running_service,
     service_env,
     settings_for,
@@ -189,6 +192,12 @@ async def test_pdf_text_citations_matched_and_user_records_kept(
             assert await index.citations(uris["by_doi"]) == []
         finally:
             await index.close()
+        cli_env = {"CHIVE_DATA_DIR": str(settings.data_dir), "CHIVE_LOG_LEVEL": "WARNING"}
+        code, out, err = await run_cli(cli_env, "records", "citations", uris["citing"])
+        assert code == 0, err
+        assert json.loads(out) == shown
+        code, _, err = await run_cli(cli_env, "records", "citations")
+        assert code == 2 and "needs an argument" in err
 
 
 async def test_grobid_tei_and_a_new_set_replaces_the_old(
