@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 
 import msgspec
 
+from projections import index_location
+from projections.records import RecordIndex
 from services import bootstrap
 from services.audit import verify
 from tests.broker import Tansu, free_port
@@ -79,6 +81,60 @@ async def test_broker_outage_mid_run(tmp_path, plc, fresh_pds, unique):
         async with bootstrap.open_log(settings) as log:
             report = await verify(log, settings.data_dir)
         assert report["differences"] == [] and report["records"] == 3000
+    finally:
+        broker.stop()
+        proxy.stop()
+
+
+async def test_broker_outage_mid_rebuild(tmp_path, plc, fresh_pds, unique):
+    broker_port = free_port()
+    proxy = CuttableProxy(broker_port)
+    broker = Tansu(port=broker_port, advertised_port=proxy.port)
+    admin = Admin()
+    settings = msgspec.structs.replace(
+        settings_for(
+            tmp_path / "data", admin, plc.url, kafka=f"127.0.0.1:{proxy.port}", namespace=unique
+        ),
+        kafka_request_timeout_ms=2000,
+    )
+    did = f"did:plc:rebuild{unique}"
+    plc.register(did, pds_url=fresh_pds.url)
+    fresh_pds.add_repo(did, {"pub.chive.review.comment": 4000})
+    try:
+        async with running_service(settings, admin) as client:
+            sync = await client.trigger(type="didSync", did=did)
+            assert (await client.wait_finished(sync["id"], timeout=60))["status"] == "completed"
+            await wait_index(settings.data_dir, fresh_pds.chive_uris())
+            live = RecordIndex.reader_in(settings.data_dir)
+            await live.open()
+            before = await live.snapshot()
+            op = await client.trigger(type="fullReindex", batchSize=1)
+
+            async def under_way() -> bool:
+                return (await client.status(op["id"]))["recordsProcessed"] >= 500
+
+            await eventually(under_way, what="the rebuild under way")
+            proxy.cut()
+
+            async def silent_for_3s() -> bool:
+                updated = datetime.fromisoformat((await client.status(op["id"]))["updatedAt"])
+                return (datetime.now(UTC) - updated).total_seconds() > 3
+
+            await eventually(silent_for_3s, timeout=30, what="the rebuild silent for 3 s")
+            assert (await client.status(op["id"]))["status"] == "running"
+            # The old index serves throughout.
+            assert (await live.stats())["live"] == 4000
+            proxy.restore()
+
+            done = await client.wait_finished(op["id"], timeout=120)
+            assert done["status"] == "completed", done
+            assert done["recordsProcessed"] == done["totalRecords"] == 4000
+            assert index_location.active_path(settings.data_dir).name == f"records-{op['id']}.db"
+            assert await live.snapshot() == before
+            await live.close()
+        async with bootstrap.open_log(settings) as log:
+            report = await verify(log, settings.data_dir)
+        assert report["differences"] == [] and report["records"] == 4000
     finally:
         broker.stop()
         proxy.stop()

@@ -17,7 +17,7 @@ import asyncio
 import logging
 
 from events import model
-from events.log import Message
+from events.log import LogUnavailable, Message
 from projections import index_location
 from projections.records import RecordIndex
 from projections.runner import apply_isolated
@@ -27,6 +27,8 @@ from services.workers.context import OperationFailed, Outcome, WorkContext
 log = logging.getLogger(__name__)
 
 POLL_S = 0.2
+RETRY_DELAY_S = 0.2
+MAX_RETRY_DELAY_S = 5.0
 
 
 async def run(ctx: WorkContext) -> Outcome:
@@ -88,6 +90,27 @@ async def run(ctx: WorkContext) -> Outcome:
 
 
 async def _fold_to_end(
+    ctx: WorkContext,
+    fresh: RecordIndex,
+    batch_size: int,
+    checkpoint: dict,
+    *,
+    cancellable: bool,
+) -> None:
+    """Fold the records topic into `fresh` from its own positions to the end of the log. An
+    outage of the log is waited out (capped backoff), reading on from what was committed."""
+    delay = RETRY_DELAY_S
+    while True:
+        try:
+            await _fold_batches(ctx, fresh, batch_size, checkpoint, cancellable=cancellable)
+            return
+        except LogUnavailable as exc:
+            log.warning("fullReindex %s: log unavailable, retrying: %s", ctx.operation_id, exc)
+            await asyncio.sleep(delay)
+            delay = min(MAX_RETRY_DELAY_S, delay * 2)
+
+
+async def _fold_batches(
     ctx: WorkContext,
     fresh: RecordIndex,
     batch_size: int,
