@@ -20,11 +20,12 @@ import msgspec
 
 from events import model
 from projections import eprints
-from projections.records import IndexedRecord
+from projections.records import IndexedRecord, RecordIndex
 from services.workers.context import (
     OperationFailed,
     Outcome,
     WorkContext,
+    caught_up_index,
     from_checkpoint,
     pds_of,
     to_checkpoint,
@@ -37,12 +38,12 @@ from services.workers.references import (
     parse_tei,
     references_from_text,
 )
+from services.workers.repo_scan import get_record
 from services.workers.xrpc_client import SourceUnavailable, XrpcCallError
 
 PAGE = 16
 CONCURRENCY = 4
 MAX_DOCUMENT = 50 * 1024 * 1024  # the lexicon's maxSize for a submission's document
-INDEX_READY_S = 60.0
 PDF = "application/pdf"
 GONE = {"BlobNotFound", "RepoNotFound", "RecordNotFound", "NotFound"}
 
@@ -52,21 +53,10 @@ class Checkpoint(msgspec.Struct):
     handled: int = 0
     total: int | None = None
     skipped: dict[str, int] = {}
-    citations: int = 0
-
-
-class FetchedRecord(msgspec.Struct):
-    uri: str
-    value: msgspec.Raw
-    cid: str | None = None
 
 
 async def run(ctx: WorkContext) -> Outcome:
-    index, runner = ctx.services.index, ctx.services.index_runner
-    if index is None or runner is None:
-        raise OperationFailed("citationExtraction needs the record index replica of its worker")
-    if not await runner.wait_caught_up(INDEX_READY_S):
-        raise OperationFailed("the worker's record index did not catch up with the log")
+    index = await caught_up_index(ctx)
     grobid = ctx.services.grobid
     if grobid is not None:
         try:
@@ -83,12 +73,12 @@ async def run(ctx: WorkContext) -> Outcome:
         async with limit:
             if ctx.cancel_requested:
                 return "cancelled", None
-            return await extract(ctx, record)
+            return await extract(ctx, index, record)
 
     while True:
         ctx.check_cancelled()
         if only:
-            page = [] if state.handled else [await _eprint(ctx, only)]
+            page = [] if state.handled else [await _eprint(ctx, index, only)]
         else:
             page = await index.live_page(
                 state.after, PAGE, collection=eprints.SUBMISSION, values=True
@@ -100,9 +90,7 @@ async def run(ctx: WorkContext) -> Outcome:
         events = [event for _, event in results if event is not None]
         await ctx.emit_records(events)
         for outcome, event in results:
-            if event is not None:
-                state.citations += len(event.citations)
-            else:
+            if event is None:
                 state.skipped[outcome] = state.skipped.get(outcome, 0) + 1
         state.handled += len(page)
         state.after = page[-1].uri
@@ -116,7 +104,7 @@ async def run(ctx: WorkContext) -> Outcome:
 
 
 async def extract(
-    ctx: WorkContext, record: IndexedRecord
+    ctx: WorkContext, index: RecordIndex, record: IndexedRecord
 ) -> tuple[str, model.CitationsExtracted | None]:
     """(outcome, event): the event with the eprint's citations, or None and the skip reason."""
     document = eprints.document_of(record.value)
@@ -151,7 +139,7 @@ async def extract(
         return "unreadable document", None
     except GrobidUnavailable as exc:
         raise OperationFailed(str(exc)) from exc
-    citations = [await _matched(ctx, ref, record.uri) for ref in references]
+    citations = [await _matched(index, ref, record.uri) for ref in references]
     return "extracted", model.new_event(
         model.CitationsExtracted,
         ctx.operation_id,
@@ -163,10 +151,8 @@ async def extract(
     )
 
 
-async def _matched(ctx: WorkContext, ref: ParsedReference, citing: str) -> model.Citation:
+async def _matched(index: RecordIndex, ref: ParsedReference, citing: str) -> model.Citation:
     """The citation with the indexed eprint it cites: by DOI first, then by title."""
-    index = ctx.services.index
-    assert index is not None
     citation = ref.citation
     if citation.doi:
         uri = await index.match_eprint("doi", citation.doi)
@@ -182,22 +168,15 @@ async def _matched(ctx: WorkContext, ref: ParsedReference, citing: str) -> model
     return citation
 
 
-async def _eprint(ctx: WorkContext, uri: str) -> IndexedRecord:
+async def _eprint(ctx: WorkContext, index: RecordIndex, uri: str) -> IndexedRecord:
     """The eprint from the index, or from its PDS when the index does not hold it (yet)."""
-    index = ctx.services.index
-    assert index is not None
     record = await index.get(uri)
     if record is not None and not record.deleted:
         return record
     _, _, did, collection, rkey = uri.split("/", 4)
     pds = await pds_of(ctx.services, did)
     try:
-        fetched = await ctx.services.client.query(
-            pds,
-            "com.atproto.repo.getRecord",
-            {"repo": did, "collection": collection, "rkey": rkey},
-            FetchedRecord,
-        )
+        fetched = await get_record(ctx.services.client, pds, did, collection, rkey)
     except XrpcCallError as exc:
         raise OperationFailed(f"eprint {uri} not found: {exc.error}") from exc
     except SourceUnavailable as exc:

@@ -26,6 +26,7 @@ from services.workers.xrpc_client import XrpcClient
 
 PROGRESS_INTERVAL_S = 2.0
 PROGRESS_RECORDS = 500
+INDEX_READY_S = 60.0
 
 
 class Cancelled(Exception):
@@ -179,3 +180,14 @@ async def pds_of(services: Services, did: str) -> str:
     if endpoint is None:
         raise OperationFailed(f"DID document of {did} has no #atproto_pds service")
     return endpoint
+
+
+async def caught_up_index(ctx: WorkContext) -> RecordIndex:
+    """The record index this worker reads, once it has folded everything appended to the log
+    before this call."""
+    index, runner = ctx.services.index, ctx.services.index_runner
+    if index is None or runner is None:
+        raise OperationFailed(f"{ctx.backfill_type} needs the record index of its worker process")
+    if not await runner.wait_caught_up(INDEX_READY_S):
+        raise OperationFailed("the worker's record index did not catch up with the log")
+    return index

@@ -22,17 +22,18 @@ from services.workers.context import (
     OperationFailed,
     Outcome,
     WorkContext,
+    caught_up_index,
     from_checkpoint,
     pds_of,
     to_checkpoint,
 )
+from services.workers.repo_scan import get_record
 from services.workers.xrpc_client import SourceUnavailable, XrpcCallError
 
 PAGE = 100
 CONCURRENCY = 8
 PER_PDS = 2
 CIRCUIT_FAILURES = 3
-INDEX_READY_S = 60.0
 GONE = {"RecordNotFound", "RepoNotFound"}
 
 
@@ -40,15 +41,8 @@ class Checkpoint(msgspec.Struct):
     after: str = ""
     checked: int = 0
     deleted: int = 0
-    changed: int = 0
     total: int | None = None
     unreachable: dict[str, int] = {}
-
-
-class FetchedRecord(msgspec.Struct):
-    uri: str
-    value: msgspec.Raw
-    cid: str | None = None
 
 
 class _Circuit:
@@ -61,11 +55,7 @@ class _Circuit:
 
 
 async def run(ctx: WorkContext) -> Outcome:
-    index, runner = ctx.services.index, ctx.services.index_runner
-    if index is None or runner is None:
-        raise OperationFailed("freshnessScan needs the record index replica of its worker")
-    if not await runner.wait_caught_up(INDEX_READY_S):
-        raise OperationFailed("the worker's record index did not catch up with the log")
+    index = await caught_up_index(ctx)
     state = from_checkpoint(ctx.checkpoint, Checkpoint)
     if state.total is None:
         state.total = await index.live_count()
@@ -85,11 +75,8 @@ async def run(ctx: WorkContext) -> Outcome:
             if circuit.open:
                 return f"PDS unreachable: {pds}", None
             try:
-                fetched = await ctx.services.client.query(
-                    pds,
-                    "com.atproto.repo.getRecord",
-                    {"repo": record.did, "collection": record.collection, "rkey": record.rkey},
-                    FetchedRecord,
+                fetched = await get_record(
+                    ctx.services.client, pds, record.did, record.collection, record.rkey
                 )
             except SourceUnavailable:
                 circuit.failures += 1
@@ -130,9 +117,7 @@ async def run(ctx: WorkContext) -> Outcome:
         for outcome, _ in results:
             if outcome == "deleted":
                 state.deleted += 1
-            elif outcome == "changed":
-                state.changed += 1
-            elif outcome != "unchanged":
+            elif outcome not in ("changed", "unchanged"):
                 state.unreachable[outcome] = state.unreachable.get(outcome, 0) + 1
         state.checked += len(page)
         state.after = page[-1].uri

@@ -17,6 +17,7 @@ from services.workers.context import (
     OperationFailed,
     Outcome,
     WorkContext,
+    caught_up_index,
     from_checkpoint,
     to_checkpoint,
 )
@@ -24,7 +25,6 @@ from services.workers.repo_scan import RepoPosition, scan_repo
 from services.workers.xrpc_client import SourceUnavailable, XrpcCallError
 
 GRAPH = ["pub.chive.graph.node", "pub.chive.graph.edge"]
-INDEX_READY_S = 60.0
 REQUIRED = {
     "pub.chive.graph.node": ("id", "kind", "label", "status", "createdAt"),
     "pub.chive.graph.edge": ("id", "sourceUri", "targetUri", "relationSlug", "status", "createdAt"),
@@ -116,11 +116,7 @@ async def _gone(ctx: WorkContext, pds_url: str, did: str) -> list[str]:
         only=GRAPH,
         validate=validate,
     )
-    index, runner = ctx.services.index, ctx.services.index_runner
-    if index is None or runner is None:
-        raise OperationFailed("governanceSync needs the record index replica of its worker")
-    if not await runner.wait_caught_up(INDEX_READY_S):
-        raise OperationFailed("the worker's record index did not catch up with the log")
+    index = await caught_up_index(ctx)
     live = set(await index.live_uris(did, GRAPH))
     return sorted(live - listed)
 

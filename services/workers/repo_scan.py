@@ -33,6 +33,24 @@ class ListRecords(msgspec.Struct):
     cursor: str | None = None
 
 
+class FetchedRecord(msgspec.Struct):
+    uri: str
+    value: msgspec.Raw
+    cid: str | None = None
+
+
+async def get_record(
+    client: XrpcClient, pds_url: str, did: str, collection: str, rkey: str
+) -> FetchedRecord:
+    """com.atproto.repo.getRecord; XrpcCallError("RecordNotFound") when it is gone."""
+    return await client.query(
+        pds_url,
+        "com.atproto.repo.getRecord",
+        {"repo": did, "collection": collection, "rkey": rkey},
+        FetchedRecord,
+    )
+
+
 class RepoPosition(msgspec.Struct, frozen=True):
     collection_index: int = 0
     cursor: str | None = None
