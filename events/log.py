@@ -106,6 +106,11 @@ async def append_patiently(
             delay = min(max_delay_s, delay * 2)
 
 
+async def caught_up_everywhere(reader: Reader, partitions: int) -> bool:
+    """True when the reader has read everything appended to every partition so far."""
+    return all([await reader.caught_up(p) for p in range(partitions)])
+
+
 async def read_to_end(event_log: EventLog, topic: str) -> list[Message]:
     """Everything appended to `topic` so far, group-less, in per-partition order."""
     reader = event_log.reader(topic)
@@ -114,7 +119,7 @@ async def read_to_end(event_log: EventLog, topic: str) -> list[Message]:
     try:
         while True:
             out.extend(await reader.poll(0.1))
-            if all([await reader.caught_up(p) for p in range(event_log.partitions)]):
+            if await caught_up_everywhere(reader, event_log.partitions):
                 return out
     finally:
         await reader.stop()

@@ -19,6 +19,16 @@ def active_path(data_dir: Path) -> Path:
     return data_dir / (name or DEFAULT)
 
 
+def pointer_stamp(data_dir: Path) -> tuple[int, int] | None:
+    """Changes whenever the pointer is switched (a rename gives it a new inode): a reader
+    stats this on each query and reads the pointer only when it changed."""
+    try:
+        st = os.stat(data_dir / POINTER)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
 def rebuild_path(data_dir: Path, operation_id: str) -> Path:
     return data_dir / f"records-{operation_id}.db"
 

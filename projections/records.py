@@ -78,6 +78,13 @@ _CITATION_SET_UPSERT = (
 )
 
 _COLUMNS = "uri, did, collection, rkey, cid, value, indexed_at, deleted"
+# What a snapshot holds besides the records: (key prefix, query, how many columns make the key).
+_SNAPSHOT_TABLES = (
+    ("citations", "SELECT * FROM citation_sets", 1),
+    ("citation", "SELECT * FROM extracted_citations", 2),
+    ("key", "SELECT kind, key, uri FROM eprint_keys", 3),
+    ("text", "SELECT uri, title, abstract FROM eprint_text", 1),
+)
 
 
 def _steps(event: model.AnyEvent) -> list[tuple[str, list[tuple]]]:
@@ -189,6 +196,7 @@ class RecordIndex(tracking.TrackedStore):
         and moves to the new one on the first query after fullReindex switches it."""
         super().__init__(path)
         self._follow = follow
+        self._stamp: tuple[int, int] | None = None
 
     @classmethod
     def reader_in(cls, data_dir: Path) -> RecordIndex:
@@ -201,6 +209,7 @@ class RecordIndex(tracking.TrackedStore):
         # A reader never creates the index: if the pointer moved on and the file it named is
         # gone already, read the pointer again.
         for _ in range(10):
+            self._stamp = index_location.pointer_stamp(self._follow)
             self.path = index_location.active_path(self._follow)
             try:
                 self._conn = await tracking.connect(self.path, self.schema, create=False)
@@ -210,7 +219,7 @@ class RecordIndex(tracking.TrackedStore):
         raise RuntimeError(f"no record index in {self._follow}")
 
     async def _current(self) -> aiosqlite.Connection:
-        if self._follow is not None and index_location.active_path(self._follow) != self.path:
+        if self._follow is not None and index_location.pointer_stamp(self._follow) != self._stamp:
             old = self._conn
             await self.open()
             if old is not None:
@@ -285,18 +294,10 @@ class RecordIndex(tracking.TrackedStore):
         their entries, match keys and full-text rows. Two folds of the same log are equal."""
         conn = await self._current()
         out: dict[str, tuple] = {f"record {r[0]}": tuple(r) for r in await self.rows()}
-        async with conn.execute("SELECT * FROM citation_sets ORDER BY uri") as cur:
-            for row in await cur.fetchall():
-                out[f"citations {row[0]}"] = tuple(row)
-        async with conn.execute("SELECT * FROM extracted_citations ORDER BY uri, position") as cur:
-            for row in await cur.fetchall():
-                out[f"citation {row[0]} #{row[1]}"] = tuple(row)
-        async with conn.execute("SELECT kind, key, uri FROM eprint_keys") as cur:
-            for row in await cur.fetchall():
-                out[f"key {row[0]} {row[1]} {row[2]}"] = tuple(row)
-        async with conn.execute("SELECT uri, title, abstract FROM eprint_text") as cur:
-            for row in await cur.fetchall():
-                out[f"text {row[0]}"] = tuple(row)
+        for name, sql, key_columns in _SNAPSHOT_TABLES:
+            async with conn.execute(sql) as cur:
+                for row in await cur.fetchall():
+                    out[" ".join([name, *map(str, row[:key_columns])])] = tuple(row)
         return out
 
     async def get(self, uri: str) -> IndexedRecord | None:

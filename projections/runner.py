@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
 from events import dlq, model
-from events.log import EventLog, LogUnavailable, Message, Position
+from events.log import EventLog, LogUnavailable, Message, Position, caught_up_everywhere
 from events.pulse import Pulse
 
 log = logging.getLogger(__name__)
@@ -44,19 +44,34 @@ def positions_after(messages: list[Message]) -> dict[int, int]:
     return {m.partition: m.offset + 1 for m in messages}
 
 
-async def apply_isolated(projection: Projection, messages: list[Message]) -> None:
-    """Fold a batch as a replay does: undecodable events and events that fail to fold are
-    skipped (the live runner parked them in the DLQ), the rest are not held back."""
-    good, _poison = decode_batch(messages)
+Park = Callable[[list[tuple[Message, str]]], Awaitable[None]]
+
+
+async def apply_isolated(
+    projection: Projection, messages: list[Message], park: Park | None = None
+) -> None:
+    """Fold a batch. An event that cannot be decoded or folded goes to `park` (the live runner
+    dead-letters it first; a replay passes none, the live runner parked it already) and is
+    skipped; the rest of the batch is not held back."""
+    good, poison = decode_batch(messages)
+    if park is not None:
+        await park(poison)
     try:
         await projection.apply([e for _, e in good], positions_after(messages))
+        return
+    except LogUnavailable:
+        raise
     except Exception:
-        for message, event in good:
-            try:
-                await projection.apply([event], positions_after([message]))
-            except Exception:
-                await projection.apply([], positions_after([message]))
-        await projection.apply([], positions_after(messages))
+        log.warning("batch fold failed; folding it event by event", exc_info=True)
+    for message, event in good:
+        try:
+            await projection.apply([event], positions_after([message]))
+        except Exception as exc:
+            if park is not None:
+                await park([(message, f"fold failed: {type(exc).__name__}: {exc}")])
+            await projection.apply([], positions_after([message]))
+    # Undecodable events at the end of the batch are moved past too.
+    await projection.apply([], positions_after(messages))
 
 
 class ProjectionRunner:
@@ -107,7 +122,7 @@ class ProjectionRunner:
                         break
                     if messages:
                         await self._fold(messages)
-                    elif all([await reader.caught_up(p) for p in range(self._log.partitions)]):
+                    elif await caught_up_everywhere(reader, self._log.partitions):
                         self._caught_up_at = checked_at
                         self._advanced.fire()
             except LogUnavailable as exc:
@@ -122,22 +137,7 @@ class ProjectionRunner:
                 await self._fold_unlocked(messages)
 
     async def _fold_unlocked(self, messages: list[Message]) -> None:
-        good, poison = decode_batch(messages)
-        try:
-            await self._park(poison)
-            await self._projection.apply([e for _, e in good], positions_after(messages))
-        except (LogUnavailable, asyncio.CancelledError):
-            raise
-        except Exception:
-            # Something in the batch cannot be folded: fold one by one to find it, park it,
-            # and move on; the rest of the batch is not held back.
-            log.exception("%s: batch fold failed; isolating the poison event", self._name)
-            for message, event in good:
-                try:
-                    await self._projection.apply([event], positions_after([message]))
-                except Exception as exc:
-                    await self._park([(message, f"fold failed: {type(exc).__name__}: {exc}")])
-                    await self._projection.apply([], positions_after([message]))
+        await apply_isolated(self._projection, messages, self._park)
         self._positions.update(positions_after(messages))
         self._advanced.fire()
 

@@ -54,11 +54,11 @@ async def verify(event_log: EventLog, data_dir: Path) -> dict:
                 if name == "operations":
                     a = {o.id: msgspec.to_builtins(o) for o in await live.all()}
                     b = {o.id: msgspec.to_builtins(o) for o in await fresh.all()}
+                    counts[name] = len(a)
                 else:
                     a = await live.snapshot()
                     b = await fresh.snapshot()
-                records = sum(k.startswith("record ") for k in a)
-                counts[name] = len(a) if name == "operations" else records
+                    counts[name] = sum(k.startswith("record ") for k in a)
                 for key in sorted(set(a) | set(b)):
                     if a.get(key) != b.get(key):
                         differences.append(

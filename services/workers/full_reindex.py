@@ -17,10 +17,10 @@ import asyncio
 import logging
 
 from events import model
-from events.log import LogUnavailable, Message
+from events.log import LogUnavailable, Message, caught_up_everywhere
 from projections import index_location
 from projections.records import RecordIndex
-from projections.runner import apply_isolated
+from projections.runner import apply_isolated, positions_after
 from services.api.params import DEFAULT_BATCH_SIZE
 from services.workers.context import OperationFailed, Outcome, WorkContext
 
@@ -97,53 +97,48 @@ async def _fold_to_end(
     *,
     cancellable: bool,
 ) -> None:
-    """Fold the records topic into `fresh` from its own positions to the end of the log. An
-    outage of the log is waited out (capped backoff), reading on from what was committed."""
+    """Fold the records topic into `fresh` from its own positions to the end of the log, in
+    transactions of `batch_size` events. An outage of the log is waited out (capped backoff),
+    reading on from what was committed."""
+    event_log = ctx.services.event_log
     delay = RETRY_DELAY_S
     while True:
+        positions = await fresh.positions()
+        reader = event_log.reader(model.RECORDS_TOPIC, positions)
         try:
-            await _fold_batches(ctx, fresh, batch_size, checkpoint, cancellable=cancellable)
-            return
+            await reader.start()
+            pending: list[Message] = []
+            while True:
+                if cancellable:
+                    ctx.check_cancelled()
+                messages = await reader.poll(POLL_S)
+                # A short batch only once the poll came back empty: the log has no more now.
+                batches, pending = _batches(pending + messages, batch_size, drain=not messages)
+                for batch in batches:
+                    if cancellable:
+                        ctx.check_cancelled()
+                    await apply_isolated(fresh, batch)
+                    positions.update(positions_after(batch))
+                    await ctx.progress(
+                        _count(positions), checkpoint, total_records=checkpoint["total"]
+                    )
+                if not messages and await caught_up_everywhere(reader, event_log.partitions):
+                    return
         except LogUnavailable as exc:
             log.warning("fullReindex %s: log unavailable, retrying: %s", ctx.operation_id, exc)
             await asyncio.sleep(delay)
             delay = min(MAX_RETRY_DELAY_S, delay * 2)
+        finally:
+            await reader.stop()
 
 
-async def _fold_batches(
-    ctx: WorkContext,
-    fresh: RecordIndex,
-    batch_size: int,
-    checkpoint: dict,
-    *,
-    cancellable: bool,
-) -> None:
-    event_log = ctx.services.event_log
-    reader = event_log.reader(model.RECORDS_TOPIC, await fresh.positions())
-    await reader.start()
-    try:
-        pending: list[Message] = []
-        while True:
-            if cancellable:
-                ctx.check_cancelled()
-            messages = await reader.poll(POLL_S)
-            pending += messages
-            while len(pending) >= batch_size or (pending and not messages):
-                batch, pending = pending[:batch_size], pending[batch_size:]
-                await apply_isolated(fresh, batch)
-                await ctx.progress(
-                    _count(await fresh.positions()),
-                    checkpoint,
-                    total_records=checkpoint["total"],
-                )
-                if cancellable:
-                    ctx.check_cancelled()
-            if not messages and not pending:
-                caught_up = [await reader.caught_up(p) for p in range(event_log.partitions)]
-                if all(caught_up):
-                    return
-    finally:
-        await reader.stop()
+def _batches(
+    messages: list[Message], size: int, *, drain: bool
+) -> tuple[list[list[Message]], list[Message]]:
+    """(full batches, the rest); with `drain` the rest is a batch too."""
+    cut = len(messages) if drain else len(messages) - len(messages) % size
+    batches = [messages[i : i + size] for i in range(0, cut, size)]
+    return batches, messages[cut:]
 
 
 def _count(positions: dict[int, int]) -> int:
