@@ -75,6 +75,19 @@ class Client:
 
         return await eventually(finished, timeout=timeout, what=f"operation {op_id} to finish")
 
+    async def wait_processed(
+        self, op_id: str, at_least: int = 1, timeout: float = 60.0
+    ) -> dict[str, Any]:
+        """Wait until the running operation has processed `at_least` records; an operation
+        that finishes first fails the test (a cancel or kill meant for running work)."""
+
+        async def reached():
+            op = await self.status(op_id)
+            assert op["status"] == "running", f"finished before {at_least} records: {op}"
+            return op if op["recordsProcessed"] >= at_least else None
+
+        return await eventually(reached, timeout=timeout, what=f"{at_least} records processed")
+
 
 def settings_for(
     data_dir: Path,
@@ -152,6 +165,24 @@ async def running_service(settings: Settings, admin: Admin) -> AsyncIterator[Cli
         await client.close()
         stop.set()
         await asyncio.wait_for(task, 30)
+
+
+@contextlib.asynccontextmanager
+async def process_service(
+    env: dict[str, str], log_path: Path, admin: Admin
+) -> AsyncIterator[tuple[ServiceProcess, Client]]:
+    """`chive-backfill up` as a subprocess (for SIGKILL tests) and a client, once the API
+    answers; the process is killed on the way out if it still runs."""
+    service = ServiceProcess(env, log_path)
+    client = Client(f"http://127.0.0.1:{env['CHIVE_PORT']}", admin)
+    try:
+        service.start()
+        await eventually(client.up, timeout=30, what="API up")
+        yield service, client
+    finally:
+        await client.close()
+        if service.proc is not None and service.proc.poll() is None:
+            service.kill()
 
 
 class ServiceProcess:

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import json
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from xml.sax.saxutils import escape
 
 import uvicorn
+from pypdf import PdfReader
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -410,10 +413,6 @@ class FakeGrobid:
 
 def _is_pdf(data: bytes) -> bool:
     """What GROBID's PDF parser accepts, near enough: a file a PDF reader can open."""
-    import io
-
-    from pypdf import PdfReader
-
     try:
         return len(PdfReader(io.BytesIO(data)).pages) > 0
     except Exception:
@@ -422,8 +421,6 @@ def _is_pdf(data: bytes) -> bool:
 
 def tei(references: list[dict[str, Any]]) -> str:
     """GROBID's processReferences TEI for these references."""
-    from xml.sax.saxutils import escape
-
     entries = []
     for i, ref in enumerate(references):
         authors = "".join(

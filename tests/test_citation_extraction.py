@@ -17,10 +17,9 @@ from tests.broker import free_port
 from tests.conftest import eventually
 from tests.documents import paper_pdf
 from tests.harness import (
-    Client,
-    ServiceProcess,
     attempts,
     kill_while_running,
+    process_service,
     run_cli,
     running_service,
     service_env,
@@ -291,11 +290,7 @@ async def test_cancel_stops_the_extraction(kafka, admin, tmp_path, plc, fresh_pd
         await synced(client, did)
         fresh_pds.faults.delay_s = 0.03
         op = await client.trigger(type="citationExtraction")
-
-        async def under_way() -> bool:
-            return (await client.status(op["id"]))["recordsProcessed"] > 0
-
-        await eventually(under_way, timeout=60, what="extraction under way")
+        await client.wait_processed(op["id"])
         await client.post("pub.chive.admin.cancelBackfill", {"id": op["id"]})
         done = await client.wait_finished(op["id"])
         calls = fresh_pds.calls["getBlob"]
@@ -311,11 +306,7 @@ async def test_sigkill_mid_extraction_resumes_to_the_exact_count(
     many_eprints(fresh_pds, plc, did, 1500)
     port = free_port()
     env = service_env(tmp_path / "data", port, plc.url, admin, kafka=kafka, namespace=unique)
-    service = ServiceProcess(env, tmp_path / "service.log")
-    client = Client(f"http://127.0.0.1:{port}", admin)
-    try:
-        service.start()
-        await eventually(lambda: client.up(), timeout=30, what="API up")
+    async with process_service(env, tmp_path / "service.log", admin) as (service, client):
         await synced(client, did)
         fresh_pds.faults.delay_s = 0.005
         op = await client.trigger(type="citationExtraction")
@@ -332,10 +323,6 @@ async def test_sigkill_mid_extraction_resumes_to_the_exact_count(
             await eventually(all_sets, timeout=30, what="a citation set for every eprint")
         finally:
             await index.close()
-    finally:
-        await client.close()
-        if service.proc.poll() is None:
-            service.kill()
     assert done["status"] == "completed", done
     assert (done["recordsProcessed"], done["totalRecords"]) == (1500, 1500)
     assert "recordsSkipped" not in done

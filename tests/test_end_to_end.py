@@ -8,7 +8,6 @@ import re
 import pytest
 
 from services.workers import pds_scan
-from tests.conftest import eventually
 from tests.harness import running_service, settings_for, wait_index
 
 DATETIME_MS_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -89,11 +88,7 @@ async def test_cancel_stops_running_work(settings, admin, fresh_pds, unique):
     fresh_pds.add_repo(f"did:plc:big{unique}", {"pub.chive.graph.edge": 5000})
     async with running_service(settings, admin) as client:
         op = await client.trigger(type="pdsScan", pdsUrl=fresh_pds.url)
-
-        async def some_progress() -> bool:
-            return (await client.status(op["id"]))["recordsProcessed"] > 0
-
-        await eventually(some_progress, what="progress before cancelling")
+        await client.wait_processed(op["id"])
         response = await client.post("pub.chive.admin.cancelBackfill", {"id": op["id"]})
         assert response.json() == {"success": True}
         done = await client.wait_finished(op["id"])

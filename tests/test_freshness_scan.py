@@ -10,10 +10,9 @@ from services.workers import freshness_scan
 from tests.broker import free_port
 from tests.conftest import eventually
 from tests.harness import (
-    Client,
-    ServiceProcess,
     attempts,
     kill_while_running,
+    process_service,
     running_service,
     service_env,
     settings_for,
@@ -97,11 +96,7 @@ async def test_cancel_stops_the_scan(kafka, admin, tmp_path, plc, fresh_pds, uni
         await synced(client, plc, fresh_pds, f"did:plc:fc{unique}", {"pub.chive.graph.node": 1500})
         fresh_pds.faults.delay_s = 0.02
         op = await client.trigger(type="freshnessScan")
-
-        async def under_way() -> bool:
-            return (await client.status(op["id"]))["recordsProcessed"] > 0
-
-        await eventually(under_way, timeout=60, what="scan under way")
+        await client.wait_processed(op["id"])
         await client.post("pub.chive.admin.cancelBackfill", {"id": op["id"]})
         done = await client.wait_finished(op["id"])
     assert done["status"] == "cancelled" and 0 < done["recordsProcessed"] < 1500
@@ -112,20 +107,12 @@ async def test_sigkill_mid_scan_resumes_to_the_exact_count(
 ):
     port = free_port()
     env = service_env(tmp_path / "data", port, plc.url, admin, kafka=kafka, namespace=unique)
-    service = ServiceProcess(env, tmp_path / "service.log")
-    client = Client(f"http://127.0.0.1:{port}", admin)
-    try:
-        service.start()
-        await eventually(lambda: client.up(), timeout=30, what="API up")
+    async with process_service(env, tmp_path / "service.log", admin) as (service, client):
         await synced(client, plc, fresh_pds, f"did:plc:fd{unique}", {"pub.chive.graph.node": 2000})
         fresh_pds.faults.delay_s = 0.005
         op = await client.trigger(type="freshnessScan")
         await kill_while_running(service, client, op["id"], (300, 1000))
         done = await client.wait_finished(op["id"], timeout=120)
-    finally:
-        await client.close()
-        if service.proc.poll() is None:
-            service.kill()
     assert done["status"] == "completed", done
     assert (done["recordsProcessed"], done["totalRecords"]) == (2000, 2000)
     assert await attempts(env, op["id"]) >= 2, "the kills missed the running scan"

@@ -17,9 +17,8 @@ from services import bootstrap
 from tests.broker import free_port
 from tests.conftest import eventually
 from tests.harness import (
-    Client,
-    ServiceProcess,
     attempts,
+    process_service,
     run_cli,
     running_service,
     service_env,
@@ -152,11 +151,7 @@ async def test_sigkill_mid_rebuild_keeps_the_old_index_and_resumes(
     data_dir = tmp_path / "data"
     port = free_port()
     env = service_env(data_dir, port, plc.url, admin, kafka=kafka, namespace=unique)
-    service = ServiceProcess(env, tmp_path / "service.log")
-    client = Client(f"http://127.0.0.1:{port}", admin)
-    try:
-        service.start()
-        await eventually(lambda: client.up(), timeout=30, what="API up")
+    async with process_service(env, tmp_path / "service.log", admin) as (service, client):
         await synced(client, did)
         await wait_index(data_dir, fresh_pds.chive_uris(), timeout=60)
         old = RecordIndex(data_dir / "records.db")
@@ -164,13 +159,7 @@ async def test_sigkill_mid_rebuild_keeps_the_old_index_and_resumes(
         before = await old.snapshot()
         await old.close()
         op = await client.trigger(type="fullReindex", batchSize=3)
-
-        async def under_way() -> bool:
-            status = await client.status(op["id"])
-            assert status["status"] == "running", f"finished before the kill: {status}"
-            return status["recordsProcessed"] >= 500
-
-        await eventually(under_way, timeout=60, what="rebuild under way")
+        await client.wait_processed(op["id"], 500)
         service.kill()
 
         # Dead mid-rebuild: the old index still serves, the half-built one holds its place.
@@ -198,10 +187,6 @@ async def test_sigkill_mid_rebuild_keeps_the_old_index_and_resumes(
         await rebuilt.close()
         code, out, err = await run_cli(env, "replay", "--verify")
         assert code == 0, out + err
-    finally:
-        await client.close()
-        if service.proc.poll() is None:
-            service.kill()
 
 
 async def test_cancel_removes_the_half_built_index(kafka, admin, tmp_path, plc, fresh_pds, unique):
@@ -212,11 +197,7 @@ async def test_cancel_removes_the_half_built_index(kafka, admin, tmp_path, plc, 
     async with running_service(settings, admin) as client:
         await synced(client, did)
         op = await client.trigger(type="fullReindex", batchSize=1)
-
-        async def under_way() -> bool:
-            return (await client.status(op["id"]))["recordsProcessed"] > 0
-
-        await eventually(under_way, timeout=60, what="rebuild under way")
+        await client.wait_processed(op["id"])
         await client.post("pub.chive.admin.cancelBackfill", {"id": op["id"]})
         done = await client.wait_finished(op["id"])
         assert done["status"] == "cancelled" and 0 < done["recordsProcessed"] < 4000

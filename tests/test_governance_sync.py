@@ -11,10 +11,9 @@ from projections.records import RecordIndex
 from tests.broker import free_port
 from tests.conftest import eventually
 from tests.harness import (
-    Client,
-    ServiceProcess,
     attempts,
     kill_while_running,
+    process_service,
     running_service,
     service_env,
     settings_for,
@@ -124,11 +123,7 @@ async def test_cancel_stops_the_sync(governance, admin, fresh_pds):
     fresh_pds.faults.delay_s = 0.05
     async with running_service(settings, admin) as client:
         op = await client.trigger(type="governanceSync")
-
-        async def started() -> bool:
-            return (await client.status(op["id"]))["recordsProcessed"] > 0
-
-        await eventually(started, what="sync under way")
+        await client.wait_processed(op["id"])
         assert (await client.post("pub.chive.admin.cancelBackfill", {"id": op["id"]})).json() == {
             "success": True
         }
@@ -153,18 +148,10 @@ async def test_sigkill_mid_sync_resumes_to_the_exact_count(
         CHIVE_GOVERNANCE_PDS_URL=fresh_pds.url,
         CHIVE_GOVERNANCE_DID=did,
     )
-    service = ServiceProcess(env, tmp_path / "service.log")
-    client = Client(f"http://127.0.0.1:{port}", admin)
-    try:
-        service.start()
-        await eventually(lambda: client.up(), timeout=30, what="API up")
+    async with process_service(env, tmp_path / "service.log", admin) as (service, client):
         op = await client.trigger(type="governanceSync")
         await kill_while_running(service, client, op["id"], (300, 900))
         done = await client.wait_finished(op["id"], timeout=120)
-    finally:
-        await client.close()
-        if service.proc.poll() is None:
-            service.kill()
     assert done["status"] == "completed", done
     assert done["recordsProcessed"] == 2000
     assert await attempts(env, op["id"]) >= 2, "the kills missed the running sync"

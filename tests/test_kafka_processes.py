@@ -75,10 +75,7 @@ async def test_replicas_share_work_and_take_over_on_crash(
         sync = await client.trigger(type="didSync", did=did)
         other = await client.trigger(type="governanceSync")
 
-        async def halfway() -> bool:
-            return (await client.status(scan["id"]))["recordsProcessed"] >= 800
-
-        await eventually(halfway, timeout=60, what="pdsScan halfway")
+        await client.wait_processed(scan["id"], 800)
         # Hold the PDS slow so the kill always lands on work in progress.
         fresh_pds.faults.delay_s = 1.0
         (first,) = await started_by(kafka_bootstrap, unique, scan["id"])
