@@ -8,11 +8,9 @@ unreadable, GROBID is fine).
 
 from __future__ import annotations
 
-import asyncio
-
 import httpx
 
-from services.workers.xrpc_client import RetryPolicy
+from services.workers.xrpc_client import Retry, RetryPolicy, SourceUnavailable, request, retrying
 
 
 class GrobidUnavailable(RuntimeError):
@@ -45,23 +43,18 @@ class Grobid:
         return None if response.status_code == 204 else response.content
 
     async def _call(self, method: str, path: str, **kwargs) -> httpx.Response:
-        policy = self._policy
-        last = "no attempt made"
-        for attempt in range(policy.attempts):
-            try:
-                response = await self._http.request(
-                    method, self.url + path, timeout=policy.timeout_s * 4, **kwargs
-                )
-            except httpx.HTTPError as exc:
-                last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            else:
-                if response.status_code in (200, 204):
-                    return response
-                if response.status_code in (400, 500):
-                    raise GrobidRejected(f"GROBID {response.status_code}: {response.text[:200]}")
-                last = f"HTTP {response.status_code}"
-            if attempt + 1 < policy.attempts:
-                await asyncio.sleep(policy.delay(attempt))
-        raise GrobidUnavailable(
-            f"GROBID at {self.url} failed after {policy.attempts} attempts: {last}"
-        )
+        async def attempt() -> httpx.Response:
+            response = await request(self._http.request(method, url, timeout=timeout, **kwargs))
+            if response.status_code in (200, 204):
+                return response
+            if response.status_code in (400, 500):
+                raise GrobidRejected(f"GROBID {response.status_code}: {response.text[:200]}")
+            raise Retry(f"HTTP {response.status_code}")
+
+        url = self.url + path
+        # A document takes GROBID far longer than a PDS takes to answer a query.
+        timeout = self._policy.timeout_s * 4
+        try:
+            return await retrying(self._policy, attempt, f"GROBID at {self.url}")
+        except SourceUnavailable as exc:
+            raise GrobidUnavailable(str(exc)) from exc

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -73,30 +73,52 @@ class XrpcClient:
     async def _get(
         self, url: str, params: dict[str, Any], parse: Callable[[httpx.Response], T]
     ) -> T:
-        policy = self.policy
-        last = "no attempt made"
-        for attempt in range(policy.attempts):
-            retry_after: float | None = None
-            try:
-                response = await self._http.get(url, params=params, timeout=policy.timeout_s)
-            except httpx.HTTPError as exc:
-                last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            else:
-                status = response.status_code
-                if status == 200:
-                    try:
-                        return parse(response)
-                    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                        last = f"unexpected response body: {exc}"
-                elif status == 429 or status >= 500:
-                    last = f"HTTP {status}"
-                    retry_after = _retry_after(response, policy.max_retry_after_s)
-                else:
-                    error, message = _error_body(response)
-                    raise XrpcCallError(url, status, error, message)
-            if attempt + 1 < policy.attempts:
-                await asyncio.sleep(policy.delay(attempt, retry_after))
-        raise SourceUnavailable(f"{url} failed after {policy.attempts} attempts: {last}")
+        async def attempt() -> T:
+            response = await request(self._http.get(url, params=params, timeout=timeout))
+            status = response.status_code
+            if status == 200:
+                try:
+                    return parse(response)
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    raise Retry(f"unexpected response body: {exc}") from exc
+            if status == 429 or status >= 500:
+                cap = self.policy.max_retry_after_s
+                raise Retry(f"HTTP {status}", _retry_after(response, cap))
+            error, message = _error_body(response)
+            raise XrpcCallError(url, status, error, message)
+
+        timeout = self.policy.timeout_s
+        return await retrying(self.policy, attempt, url)
+
+
+class Retry(Exception):
+    """One attempt failed in a way another attempt may not (after `retry_after` s at least)."""
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+async def request(sending: Awaitable[httpx.Response]) -> httpx.Response:
+    """The response, or Retry when the request did not get one (connection, timeout)."""
+    try:
+        return await sending
+    except httpx.HTTPError as exc:
+        raise Retry(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
+
+
+async def retrying(policy: RetryPolicy, attempt: Callable[[], Awaitable[T]], what: str) -> T:
+    """`attempt()` until it returns, with backoff between attempts that raise Retry; after
+    the last, SourceUnavailable naming `what` and the last reason. Other errors pass through."""
+    last = "no attempt made"
+    for n in range(policy.attempts):
+        try:
+            return await attempt()
+        except Retry as exc:
+            last = str(exc)
+            if n + 1 < policy.attempts:
+                await asyncio.sleep(policy.delay(n, exc.retry_after))
+    raise SourceUnavailable(f"{what} failed after {policy.attempts} attempts: {last}")
 
 
 def _retry_after(response: httpx.Response, cap: float) -> float | None:
