@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # pypdf logs every oddity of a damaged PDF at WARNING; citationExtraction reports the
+    # outcome per eprint instead.
+    logging.getLogger("pypdf").setLevel(logging.ERROR)
     if args.command == "token":
         return _token(settings, args)
     return asyncio.run(_async_main(settings, args))

@@ -81,12 +81,11 @@ async def run(ctx: WorkContext) -> Outcome:
             raise  # process shutdown: the file stays for the resumed operation
         except BaseException:
             if not switched:
-                await fresh.close()
+                await fresh.close()  # before its file goes
                 index_location.remove(target)
             raise
         finally:
-            if not switched:
-                await fresh.close()
+            await fresh.close()  # a no-op once adopted by the live index
 
 
 async def _fold_to_end(

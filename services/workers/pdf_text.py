@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import io
-import logging
 
 from pypdf import PdfReader
 
 MAX_PAGES = 500
-
-# pypdf logs every oddity of a damaged file at WARNING; the caller reports the outcome.
-logging.getLogger("pypdf").setLevel(logging.ERROR)
 
 
 class UnreadablePdf(ValueError):

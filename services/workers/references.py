@@ -174,11 +174,8 @@ def parse_entry(entry: str) -> ParsedReference:
     year_match = _YEAR.search(raw)
     rest = _URL.sub(" ", _ARXIV.sub(" ", _DOI_TEXT.sub(" ", raw)))
     quoted = _QUOTED.search(rest)
-    segments = [
-        s.strip(" ,;:()")
-        for s in _SENTENCE.split(rest)
-        if len(s.split()) >= 2 and not _YEAR.fullmatch(s.strip(" ,;:().")) and s.strip(" ,;:()")
-    ]
+    stripped = (s.strip(" ,;:()") for s in _SENTENCE.split(rest))
+    segments = [s for s in stripped if len(s.split()) >= 2 and not _YEAR.fullmatch(s.strip("."))]
     candidates: list[str] = []
     if quoted:
         candidates.append(quoted.group(1).strip(" ,.;:"))
