@@ -13,24 +13,27 @@ from events.log import EventLog
 from projections import index_location
 from projections.operations import OperationsStore
 from projections.records import RecordIndex
-from projections.runner import apply_isolated
+from projections.runner import apply_isolated, positions_after
 from projections.tracking import TrackedStore
 
 
 async def replay_into(event_log: EventLog, store: TrackedStore, upto: dict[int, int]) -> None:
     """Fold `store.topic` from offset 0 up to (not including) `upto` per partition."""
-    if not any(upto.values()):
+    done: dict[int, int] = {}
+
+    def finished() -> bool:
+        return all(done.get(p, 0) >= upto.get(p, 0) for p in range(event_log.partitions))
+
+    if finished():
         return
     reader = event_log.reader(store.topic)
     await reader.start()
     try:
-        while any(upto.get(p, 0) > 0 for p in range(event_log.partitions)):
+        while not finished():
             messages = [m for m in await reader.poll(0.2) if m.offset < upto.get(m.partition, 0)]
             if messages:
                 await apply_isolated(store, messages)
-            done = await store.positions()
-            if all(done.get(p, 0) >= upto.get(p, 0) for p in range(event_log.partitions)):
-                return
+                done.update(positions_after(messages))
     finally:
         await reader.stop()
 
