@@ -3,15 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    UnknownProducerId,
+)
 
 from events.log import Entry, LogUnavailable, Message, PartitionsCallback, Position
 
 _TOPIC_EXISTS = 36
+# Errors after which an idempotent producer stays broken (its sender task has ended, or its
+# producer id is no longer valid at the broker): the producer is rebuilt, not reused.
+_FATAL_TO_PRODUCER = (
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+    InvalidProducerEpoch,
+    ProducerFenced,
+)
 
 
 class KafkaEventLog:
@@ -21,7 +36,7 @@ class KafkaEventLog:
         partitions: int,
         *,
         replication_factor: int = 1,
-        enable_idempotence: bool = False,
+        enable_idempotence: bool = True,
         request_timeout_ms: int = 10_000,
         session_timeout_ms: int = 10_000,
         heartbeat_interval_ms: int = 3_000,
@@ -37,9 +52,13 @@ class KafkaEventLog:
         self._session_timeout_ms = session_timeout_ms
         self._heartbeat_interval_ms = heartbeat_interval_ms
         self._producer: AIOKafkaProducer | None = None
+        self._rebuilding = asyncio.Lock()
 
     async def start(self) -> None:
-        self._producer = AIOKafkaProducer(
+        self._producer = await self._new_producer()
+
+    async def _new_producer(self) -> AIOKafkaProducer:
+        producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap_servers,
             acks="all",
             enable_idempotence=self._idempotence,
@@ -47,11 +66,11 @@ class KafkaEventLog:
             linger_ms=5,
         )
         try:
-            await self._producer.start()
+            await producer.start()
         except KafkaError as exc:
-            await self._producer.stop()
-            self._producer = None
+            await producer.stop()
             raise LogUnavailable(f"cannot reach Kafka at {self.bootstrap_servers}: {exc}") from exc
+        return producer
 
     async def close(self) -> None:
         if self._producer is not None:
@@ -81,22 +100,53 @@ class KafkaEventLog:
             await admin.close()
 
     async def append(self, topic: str, entries: Sequence[Entry]) -> list[Position]:
-        if self._producer is None:
+        producer = self._producer
+        if producer is None:
             raise LogUnavailable("event log is closed")
         try:
-            futures = [
-                await self._producer.send(
-                    self._ns + topic,
-                    value=e.value,
-                    key=e.key.encode(),
-                    headers=[(k, v.encode()) for k, v in e.headers.items()],
-                )
-                for e in entries
-            ]
-            metadata = await asyncio.gather(*futures)
+            return await self._send_all(producer, topic, entries)
+        except KafkaError as exc:
+            if not _broken(producer, exc):
+                raise LogUnavailable(f"append to {topic} failed: {exc}") from exc
+        # Retried once on a new producer: a duplicate of what the old one may have written is
+        # harmless (consumers dedupe by event id), a producer left broken is not.
+        await self._replace_producer(producer)
+        try:
+            return await self._send_all(self._producer, topic, entries)
         except KafkaError as exc:
             raise LogUnavailable(f"append to {topic} failed: {exc}") from exc
-        return [Position(m.partition, m.offset) for m in metadata]
+
+    async def _send_all(
+        self, producer: AIOKafkaProducer, topic: str, entries: Sequence[Entry]
+    ) -> list[Position]:
+        futures: list[asyncio.Future] = []
+        try:
+            for e in entries:
+                futures.append(
+                    await producer.send(
+                        self._ns + topic,
+                        value=e.value,
+                        key=e.key.encode(),
+                        headers=[(k, v.encode()) for k, v in e.headers.items()],
+                    )
+                )
+        finally:
+            # Every delivery future is awaited, so a failed batch leaves no "exception was
+            # never retrieved" behind; the first error is the one raised.
+            results = await asyncio.gather(*futures, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return [Position(m.partition, m.offset) for m in results]
+
+    async def _replace_producer(self, broken: AIOKafkaProducer) -> None:
+        async with self._rebuilding:
+            if self._producer is not broken:
+                return  # another append rebuilt it already
+            self._producer = None
+            with contextlib.suppress(Exception):
+                await broken.stop()
+            self._producer = await self._new_producer()
 
     def _consumer(self, group: str | None) -> AIOKafkaConsumer:
         return AIOKafkaConsumer(
@@ -127,6 +177,11 @@ class KafkaEventLog:
         return KafkaGroupConsumer(
             self._consumer(self._ns + group), self._ns + topic, on_assigned, on_revoked
         )
+
+
+def _broken(producer: AIOKafkaProducer, exc: KafkaError) -> bool:
+    task = producer._sender.sender_task if producer._sender is not None else None
+    return isinstance(exc, _FATAL_TO_PRODUCER) or (task is not None and task.done())
 
 
 def _message(record) -> Message:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
@@ -116,7 +117,17 @@ async def run_api(
                 access_log=False,
             )
         )
-        tasks = [asyncio.create_task(projection.run(stop)), asyncio.create_task(server.serve())]
+        # Bound here, so a port in use is a clear error before anything else starts.
+        try:
+            sock = socket.create_server((settings.host, settings.port))
+        except OSError as exc:
+            raise RuntimeError(
+                f"API cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
+            ) from None
+        tasks = [
+            asyncio.create_task(projection.run(stop)),
+            asyncio.create_task(server.serve(sockets=[sock])),
+        ]
 
         async def stopper() -> None:
             await stop.wait()
@@ -273,7 +284,21 @@ async def _until_first_done(tasks: list[asyncio.Task], stop: asyncio.Event) -> N
             raise RuntimeError(f"{task.get_name()} exited unexpectedly")
 
 
+# A part that does not finish within this after its cancellation is left behind: shutting down
+# must end, and the CLI exits without waiting on what is left.
+CANCEL_GRACE_S = 10.0
+
+
 async def _cancel(tasks: list[asyncio.Task]) -> None:
     for task in tasks:
         task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    if not tasks:
+        return
+    done, pending = await asyncio.wait(tasks, timeout=CANCEL_GRACE_S)
+    for task in done:
+        if not task.cancelled():
+            task.exception()  # retrieved: the first error is the one raised, not these
+    for task in pending:
+        log.error(
+            "%s did not stop within %.0f s of its cancellation", task.get_name(), CANCEL_GRACE_S
+        )

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 
@@ -75,7 +76,28 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("pypdf").setLevel(logging.ERROR)
     if args.command == "token":
         return _token(settings, args)
-    return asyncio.run(_async_main(settings, args))
+    try:
+        return asyncio.run(_async_main(settings, args))
+    except KeyboardInterrupt:
+        return 130
+    except BaseException as exc:  # every fatal error ends the process the same way
+        _die(exc)
+
+
+def _die(exc: BaseException) -> None:
+    """A fatal error: one line on stderr and a non-zero exit, now. `os._exit`, because a
+    thread left behind (an SQLite connection's, a Kafka client's) must not keep a dead
+    service alive for a supervisor to wait on forever."""
+    logging.getLogger("chive_backfill").debug("fatal error", exc_info=exc)
+    if isinstance(exc, SystemExit) and isinstance(exc.code, str):
+        reason = exc.code
+    elif isinstance(exc, SystemExit):
+        reason = f"exited with status {exc.code}"
+    else:
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    print(f"chive-backfill: {' '.join(reason.split())}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 1)
 
 
 async def _async_main(settings, args) -> int:

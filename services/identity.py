@@ -112,15 +112,17 @@ def _remember(cache: OrderedDict, key: str, value: Any) -> None:
         cache.popitem(last=False)
 
 
-def signing_key_multibase(document: dict[str, Any]) -> str | None:
-    """publicKeyMultibase of the `#atproto` verification method."""
+def signing_key_method(document: dict[str, Any]) -> tuple[str | None, str] | None:
+    """(type, publicKeyMultibase) of the `#atproto` verification method."""
     did = document.get("id")
     for method in document.get("verificationMethod") or []:
         if not isinstance(method, dict):
             continue
         if method.get("id") in ("#atproto", f"{did}#atproto"):
-            key = method.get("publicKeyMultibase")
-            return key if isinstance(key, str) else None
+            key, kind = method.get("publicKeyMultibase"), method.get("type")
+            if not isinstance(key, str) or not (kind is None or isinstance(kind, str)):
+                return None
+            return kind, key
     return None
 
 

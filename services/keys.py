@@ -97,6 +97,13 @@ class PublicKey:
         )
         return "z" + b58encode(self.curve.prefix + point)
 
+    def legacy_multibase(self) -> str:
+        """The legacy document form: base58btc of the uncompressed point, no prefix."""
+        point = self.key.public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+        )
+        return "z" + b58encode(point)
+
     def did_key(self) -> str:
         return "did:key:" + self.multibase()
 
@@ -115,6 +122,34 @@ def parse_multibase_key(multibase: str) -> PublicKey:
                 raise KeyError_(f"invalid {curve.jwt_alg} public key") from exc
             return PublicKey(curve, key)
     raise KeyError_("unsupported key type (multicodec prefix)")
+
+
+# The legacy verification-method types name the curve themselves and carry the bare point
+# (uncompressed, as the reference PLC server serves it, or compressed) with no multicodec prefix.
+_LEGACY_METHOD_TYPES = {
+    "EcdsaSecp256k1VerificationKey2019": K256,
+    "EcdsaSecp256r1VerificationKey2019": P256,
+}
+
+
+def parse_verification_method(method_type: str | None, multibase: str) -> PublicKey:
+    """The key of a DID document's verification method, in either form the AT Protocol DID
+    spec allows: `Multikey` (multicodec-prefixed compressed point) or a legacy type."""
+    if method_type == "Multikey":
+        return parse_multibase_key(multibase)
+    curve = _LEGACY_METHOD_TYPES.get(method_type or "")
+    if curve is None:
+        raise KeyError_(f"unsupported verification method type {method_type!r}")
+    if not multibase.startswith("z"):
+        raise KeyError_("only base58btc multibase keys are supported")
+    raw = b58decode(multibase[1:])
+    if len(raw) not in (33, 65):
+        raise KeyError_(f"invalid {curve.jwt_alg} public key: {len(raw)} bytes")
+    try:
+        key = ec.EllipticCurvePublicKey.from_encoded_point(curve.curve, raw)
+    except ValueError as exc:
+        raise KeyError_(f"invalid {curve.jwt_alg} public key") from exc
+    return PublicKey(curve, key)
 
 
 def parse_did_key(did: str) -> PublicKey:

@@ -25,7 +25,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     admin_dids: tuple[str, ...] = ()
     plc_url: str = "https://plc.directory"
     partitions: int = 6
-    kafka_idempotence: bool = False
+    # Kafka's own producer default; a broker without InitProducerId (Tansu) needs false.
+    kafka_idempotence: bool = True
     kafka_replication: int = 1
     kafka_session_timeout_ms: int = 10_000
     kafka_heartbeat_ms: int = 3_000
@@ -54,8 +55,8 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
     return value
 
 
-def _bool(env: Mapping[str, str], name: str) -> bool:
-    raw = env.get(name, "false").lower()
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").lower() or str(default).lower()
     if raw not in ("true", "false", "1", "0", "yes", "no"):
         raise SettingsError(f"{name} must be true or false, got {raw!r}")
     return raw in ("true", "1", "yes")
@@ -103,7 +104,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         admin_dids=admins,
         plc_url=plc_url.rstrip("/"),
         partitions=_int(env, "CHIVE_PARTITIONS", 6, 1, 1024),
-        kafka_idempotence=_bool(env, "CHIVE_KAFKA_IDEMPOTENCE"),
+        kafka_idempotence=_bool(env, "CHIVE_KAFKA_IDEMPOTENCE", True),
         kafka_replication=_int(env, "CHIVE_KAFKA_REPLICATION", 1, 1, 16),
         kafka_session_timeout_ms=_int(env, "CHIVE_KAFKA_SESSION_TIMEOUT_MS", 10_000, 1000, 600_000),
         kafka_heartbeat_ms=_int(env, "CHIVE_KAFKA_HEARTBEAT_MS", 3_000, 100, 60_000),

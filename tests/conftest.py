@@ -94,3 +94,9 @@ def fresh_pds():
     server = FakePds().start()
     yield server
     server.stop()
+
+
+def pytest_report_header(config):
+    from tests.broker import broker_kind
+
+    return f"Kafka tests run on: {broker_kind()}"

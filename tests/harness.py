@@ -89,6 +89,13 @@ class Client:
         return await eventually(reached, timeout=timeout, what=f"{at_least} records processed")
 
 
+def kafka_idempotence() -> bool:
+    """On unless the suite's broker lacks it (Tansu has no InitProducerId)."""
+    from tests.broker import broker_kind
+
+    return broker_kind() != "tansu"
+
+
 def settings_for(
     data_dir: Path,
     admin: Admin,
@@ -103,6 +110,7 @@ def settings_for(
         kafka_namespace=namespace,
         kafka_session_timeout_ms=2000,
         kafka_heartbeat_ms=300,
+        kafka_idempotence=kafka_idempotence(),
         data_dir=data_dir,
         port=port,
         service_did=SERVICE_DID,
@@ -141,6 +149,7 @@ def service_env(
             CHIVE_KAFKA_NAMESPACE=namespace,
             CHIVE_KAFKA_SESSION_TIMEOUT_MS="2000",
             CHIVE_KAFKA_HEARTBEAT_MS="300",
+            CHIVE_KAFKA_IDEMPOTENCE=str(kafka_idempotence()).lower(),
         )
     return env
 

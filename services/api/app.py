@@ -50,8 +50,13 @@ class Api:
                 self.event_log.append(model.OPERATIONS_TOPIC, [entry]), self.append_timeout_s
             )
         except (LogUnavailable, TimeoutError):
+            # With an idempotent producer the append may still land once the log is back, so
+            # the answer says so; a retry is safe, an identical trigger returns that operation.
             raise XrpcError(
-                503, "NotEnoughResources", "The event log is unavailable; try again shortly"
+                503,
+                "NotEnoughResources",
+                "The event log did not confirm the request in time; it may still be recorded. "
+                "Try again shortly",
             ) from None
         await self.projection.wait_past(position, READ_YOUR_WRITES_S)
 

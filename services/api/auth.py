@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from services import keys
 from services.api.formats import is_did
 from services.api.xrpc import XrpcError
-from services.identity import DidNotFound, DidResolver, ResolutionError, signing_key_multibase
+from services.identity import DidNotFound, DidResolver, ResolutionError, signing_key_method
 
 _REJECTED_TYP = {"at+jwt", "refresh+jwt", "dpop+jwt"}
 
@@ -91,10 +91,10 @@ class ServiceAuth:
                 key = keys.parse_did_key(did)
             else:
                 document = await self._resolver.resolve(did, fresh=fresh)
-                multibase = signing_key_multibase(document)
-                if multibase is None:
+                method = signing_key_method(document)
+                if method is None:
                     raise _unauthenticated("missing or bad key in did doc")
-                key = keys.parse_multibase_key(multibase)
+                key = keys.parse_verification_method(*method)
         except keys.KeyError_ as exc:
             raise _unauthenticated(f"bad key for jwt issuer: {exc}") from None
         except DidNotFound:

@@ -8,12 +8,16 @@ one the server enforces. Covers the lexicon subset our methods use: params, obje
 from __future__ import annotations
 
 import json
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from services.api.formats import FORMATS
 
-SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
+
+def schema_dir() -> Path:
+    """Package data of the `schemas` package, so a wheel install finds them as a checkout does."""
+    return Path(str(resources.files("schemas")))
 
 
 class LexiconError(ValueError):
@@ -25,7 +29,8 @@ class Lexicons:
         self._docs = docs
 
     @classmethod
-    def load(cls, directory: Path = SCHEMA_DIR) -> Lexicons:
+    def load(cls, directory: Path | None = None) -> Lexicons:
+        directory = directory or schema_dir()
         docs = {}
         for path in sorted(directory.glob("*.json")):
             doc = json.loads(path.read_text())
