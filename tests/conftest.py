@@ -100,3 +100,12 @@ def pytest_report_header(config):
     from tests.broker import broker_kind
 
     return f"Kafka tests run on: {broker_kind()}"
+
+
+@pytest.fixture(scope="session")
+def atproto(tmp_path_factory):
+    """The reference PDS and PLC directory (npm), on loopback, for the whole session."""
+    from tests.atproto_reference import reference_atproto
+
+    with reference_atproto(tmp_path_factory.mktemp("atproto")) as servers:
+        yield servers

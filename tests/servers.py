@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from services import keys
 from tests.broker import free_port, wait_for_port
 
 
@@ -311,13 +312,29 @@ class FakePlc:
     def register(
         self, did: str, *, pds_url: str | None = None, key_multibase: str | None = None
     ) -> dict[str, Any]:
-        self.documents[did] = did_document(did, pds_url=pds_url, key_multibase=key_multibase)
+        # As the reference PLC server does: the key in the legacy form, id "#atproto".
+        self.documents[did] = did_document(
+            did, pds_url=pds_url, key_multibase=key_multibase, form="legacy"
+        )
         return self.documents[did]
 
 
+# The verification-method type of each curve in the legacy form.
+LEGACY_TYPES = {
+    "ES256K": "EcdsaSecp256k1VerificationKey2019",
+    "ES256": "EcdsaSecp256r1VerificationKey2019",
+}
+
+
 def did_document(
-    did: str, *, pds_url: str | None = None, key_multibase: str | None = None
+    did: str,
+    *,
+    pds_url: str | None = None,
+    key_multibase: str | None = None,
+    form: str = "multikey",
 ) -> dict[str, Any]:
+    """`form`: "multikey" (prefixed compressed point, full id), "legacy" (the reference PLC's:
+    type names the curve, bare uncompressed point, id "#atproto") or "legacy-compressed"."""
     doc: dict[str, Any] = {
         "@context": ["https://www.w3.org/ns/did/v1"],
         "id": did,
@@ -326,14 +343,21 @@ def did_document(
         "service": [],
     }
     if key_multibase:
-        doc["verificationMethod"].append(
-            {
-                "id": f"{did}#atproto",
-                "type": "Multikey",
-                "controller": did,
-                "publicKeyMultibase": key_multibase,
-            }
-        )
+        method = {
+            "id": f"{did}#atproto",
+            "type": "Multikey",
+            "controller": did,
+            "publicKeyMultibase": key_multibase,
+        }
+        if form.startswith("legacy"):
+            key = keys.parse_multibase_key(key_multibase)
+            bare = key.legacy_multibase()
+            if form == "legacy-compressed":
+                bare = "z" + keys.b58encode(keys.b58decode(key_multibase[1:])[2:])
+            method.update(
+                id="#atproto", type=LEGACY_TYPES[key.curve.jwt_alg], publicKeyMultibase=bare
+            )
+        doc["verificationMethod"].append(method)
     if pds_url:
         doc["service"].append(
             {"id": "#atproto_pds", "type": "AtprotoPersonalDataServer", "serviceEndpoint": pds_url}

@@ -157,14 +157,17 @@ async def test_did_plc_admin_with_p256_key_and_key_rotation(tmp_path, plc, uniqu
         assert_error(await client.get(STATUS, admin=admin), 401, "AuthenticationRequired")
 
 
-async def test_did_web_admin(tmp_path, plc, fresh_pds):
+@pytest.mark.parametrize("curve", [keys.K256, keys.P256], ids=["k256", "p256"])
+@pytest.mark.parametrize("form", ["multikey", "legacy", "legacy-compressed"])
+async def test_did_web_admin(tmp_path, plc, fresh_pds, curve, form):
+    """Every key form the DID spec allows in a did:web document verifies its tokens."""
     port = fresh_pds.url.rsplit(":", 1)[1]
     did = f"did:web:localhost{quote(':')}{port}"
-    key = keys.PrivateKey.generate()
+    key = keys.PrivateKey.generate(curve)
     from tests.servers import did_document
 
     fresh_pds.did_web_documents[f"localhost:{port}"] = did_document(
-        did, key_multibase=key.public.multibase()
+        did, key_multibase=key.public.multibase(), form=form
     )
     admin = Admin(key, did)
     async with running_service(settings_for(tmp_path / "d", admin, plc.url), admin) as client:

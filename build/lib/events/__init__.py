@@ -1,0 +1,1 @@
+"""Event model and event-log port/adapters of chive-backfill."""

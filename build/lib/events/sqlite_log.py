@@ -1,0 +1,236 @@
+"""Embedded, durable event log in one SQLite file: the one-machine default.
+
+Same contract as Kafka for what the services use: fixed partitions, per-partition order,
+positions, group offsets. Appends commit with synchronous=FULL before they return. One process
+owns a group here (all partitions go to the one member); scale-out is what Kafka is for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import aiosqlite
+
+from events.log import Entry, LogUnavailable, Message, PartitionsCallback, Position
+from events.pulse import Pulse
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS topics (name TEXT PRIMARY KEY, partitions INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS records (
+    topic TEXT NOT NULL, partition INTEGER NOT NULL, offset INTEGER NOT NULL,
+    key TEXT NOT NULL, headers TEXT NOT NULL, value BLOB NOT NULL, ts INTEGER NOT NULL,
+    PRIMARY KEY (topic, partition, offset)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS group_offsets (
+    grp TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL, offset INTEGER NOT NULL,
+    PRIMARY KEY (grp, topic, partition)
+);
+"""
+
+# Other processes (the CLI, a second service process) append too; a reader notices their
+# records by polling at this interval, and its own process's appends at once.
+_CROSS_PROCESS_POLL = 0.1
+_BATCH = 500
+
+
+def partition_for(key: str, partitions: int) -> int:
+    return zlib.crc32(key.encode()) % partitions
+
+
+class SqliteEventLog:
+    def __init__(self, path: Path, partitions: int) -> None:
+        self.path = path
+        self.partitions = partitions
+        self._write: aiosqlite.Connection | None = None
+        self._read: aiosqlite.Connection | None = None
+        self._appended = Pulse()
+        self._write_lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._write = await _connect(self.path)
+        await self._write.executescript(_SCHEMA)
+        await self._write.commit()
+        self._read = await _connect(self.path)
+
+    async def close(self) -> None:
+        for conn in (self._read, self._write):
+            if conn is not None:
+                await conn.close()
+        self._read = self._write = None
+
+    async def ensure_topics(self, topics: Sequence[str]) -> None:
+        assert self._write is not None
+        for name in topics:
+            await self._write.execute(
+                "INSERT OR IGNORE INTO topics (name, partitions) VALUES (?, ?)",
+                (name, self.partitions),
+            )
+            async with self._write.execute(
+                "SELECT partitions FROM topics WHERE name = ?", (name,)
+            ) as cur:
+                (existing,) = await cur.fetchone()
+            if existing != self.partitions:
+                raise ValueError(
+                    f"topic {name} has {existing} partitions, configured {self.partitions}: "
+                    "the partition count is fixed when a log is created"
+                )
+        await self._write.commit()
+
+    async def append(self, topic: str, entries: Sequence[Entry]) -> list[Position]:
+        if self._write is None:
+            raise LogUnavailable("event log is closed")
+        ts = int(time.time() * 1000)
+        positions: list[Position] = []
+        async with self._write_lock:
+            conn = self._write
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                next_offsets: dict[int, int] = {}
+                rows = []
+                for entry in entries:
+                    p = partition_for(entry.key, self.partitions)
+                    if p not in next_offsets:
+                        async with conn.execute(
+                            "SELECT COALESCE(MAX(offset) + 1, 0) FROM records "
+                            "WHERE topic = ? AND partition = ?",
+                            (topic, p),
+                        ) as cur:
+                            (next_offsets[p],) = await cur.fetchone()
+                    offset = next_offsets[p]
+                    next_offsets[p] = offset + 1
+                    rows.append(
+                        (topic, p, offset, entry.key, json.dumps(entry.headers), entry.value, ts)
+                    )
+                    positions.append(Position(p, offset))
+                await conn.executemany(
+                    "INSERT INTO records (topic, partition, offset, key, headers, value, ts) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+                await conn.commit()
+            except BaseException:
+                await conn.rollback()
+                raise
+        self._appended.fire()
+        return positions
+
+    async def _fetch(self, topic: str, partition: int, offset: int, limit: int) -> list[Message]:
+        assert self._read is not None
+        async with self._read.execute(
+            "SELECT offset, key, headers, value, ts FROM records "
+            "WHERE topic = ? AND partition = ? AND offset >= ? ORDER BY offset LIMIT ?",
+            (topic, partition, offset, limit),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [
+            Message(topic, partition, o, k, bytes(v), json.loads(h), ts) for o, k, h, v, ts in rows
+        ]
+
+    async def _end(self, topic: str, partition: int) -> int:
+        assert self._read is not None
+        async with self._read.execute(
+            "SELECT COALESCE(MAX(offset) + 1, 0) FROM records WHERE topic = ? AND partition = ?",
+            (topic, partition),
+        ) as cur:
+            (end,) = await cur.fetchone()
+        return end
+
+    async def _wait_for_append(self, timeout: float) -> None:
+        await self._appended.wait(timeout)
+
+    async def _committed(self, group: str, topic: str) -> dict[int, int]:
+        assert self._read is not None
+        async with self._read.execute(
+            "SELECT partition, offset FROM group_offsets WHERE grp = ? AND topic = ?",
+            (group, topic),
+        ) as cur:
+            return {p: o for p, o in await cur.fetchall()}
+
+    async def _commit(self, group: str, topic: str, offsets: dict[int, int]) -> None:
+        assert self._write is not None
+        async with self._write_lock:
+            await self._write.executemany(
+                "INSERT INTO group_offsets (grp, topic, partition, offset) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (grp, topic, partition) DO UPDATE SET offset = excluded.offset",
+                [(group, topic, p, o) for p, o in offsets.items()],
+            )
+            await self._write.commit()
+
+    def reader(self, topic: str, start: dict[int, int] | None = None) -> SqliteReader:
+        return SqliteReader(self, topic, dict(start or {}))
+
+    def group_consumer(
+        self,
+        topic: str,
+        group: str,
+        on_assigned: PartitionsCallback | None = None,
+        on_revoked: PartitionsCallback | None = None,
+    ) -> SqliteGroupConsumer:
+        return SqliteGroupConsumer(self, topic, group, on_assigned)
+
+
+async def _connect(path: Path) -> aiosqlite.Connection:
+    conn = await aiosqlite.connect(path, isolation_level=None, timeout=30)
+    await conn.execute("PRAGMA journal_mode=WAL")
+    await conn.execute("PRAGMA synchronous=FULL")
+    return conn
+
+
+class SqliteReader:
+    def __init__(self, log: SqliteEventLog, topic: str, start: dict[int, int]) -> None:
+        self._log = log
+        self._topic = topic
+        self._positions = {p: start.get(p, 0) for p in range(log.partitions)}
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def poll(self, timeout: float) -> list[Message]:
+        deadline = time.monotonic() + timeout
+        while True:
+            out: list[Message] = []
+            for p, offset in self._positions.items():
+                batch = await self._log._fetch(self._topic, p, offset, _BATCH)
+                if batch:
+                    self._positions[p] = batch[-1].offset + 1
+                    out.extend(batch)
+            remaining = deadline - time.monotonic()
+            if out or remaining <= 0:
+                return out
+            await self._log._wait_for_append(min(remaining, _CROSS_PROCESS_POLL))
+
+    async def caught_up(self, partition: int) -> bool:
+        return self._positions[partition] >= await self._log._end(self._topic, partition)
+
+
+class SqliteGroupConsumer(SqliteReader):
+    def __init__(
+        self,
+        log: SqliteEventLog,
+        topic: str,
+        group: str,
+        on_assigned: PartitionsCallback | None,
+    ) -> None:
+        super().__init__(log, topic, {})
+        self._group = group
+        self._on_assigned = on_assigned
+
+    async def start(self) -> None:
+        self._positions.update(await self._log._committed(self._group, self._topic))
+        if self._on_assigned is not None:
+            await self._on_assigned(set(self._positions))
+
+    def assignment(self) -> set[int]:
+        return set(self._positions)
+
+    async def commit(self, offsets: dict[int, int]) -> None:
+        await self._log._commit(self._group, self._topic, offsets)

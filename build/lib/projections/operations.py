@@ -1,0 +1,219 @@
+"""The operations read model: a pure fold of lifecycle events, and its SQLite store.
+
+The fold is the one definition of an operation's state: the API's projection, the workers'
+view of their own operations and an audit replay all call it. Rules that make it safe under
+redelivery and late events: a request creates an operation once; a finished operation never
+changes again; `records_processed` only grows until the final count of a completion.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import msgspec
+
+from events import model
+from projections import tracking
+
+TERMINAL = frozenset({"completed", "failed", "cancelled"})
+
+
+class Operation(msgspec.Struct, kw_only=True):
+    id: str
+    type: str
+    status: str
+    started_at: int
+    params: dict[str, Any]
+    started_by: str
+    dedupe_key: str
+    updated_at: int
+    records_processed: int = 0
+    records_skipped: int = 0
+    skip_reasons: dict[str, int] = {}
+    records_deleted: int = 0
+    total_records: int | None = None
+    completed_at: int | None = None
+    error: str | None = None
+    cancel_requested: bool = False
+    attempts: int = 0
+    checkpoint: dict[str, Any] | None = None
+    sources: list[str] = []
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL
+
+
+def fold(state: Operation | None, event: model.OperationEvent) -> Operation | None:
+    """Next state of one operation; pure, time taken only from the event."""
+    if isinstance(event, model.BackfillRequested):
+        if state is not None:
+            return state
+        return Operation(
+            id=event.operation_id,
+            type=event.backfill_type,
+            status="running",
+            started_at=event.occurred_at,
+            params=dict(event.params),
+            started_by=event.requested_by,
+            dedupe_key=event.dedupe_key,
+            updated_at=event.occurred_at,
+        )
+    if state is None or state.finished:
+        return state
+    changes: dict[str, Any] = {"updated_at": max(state.updated_at, event.occurred_at)}
+    match event:
+        case model.BackfillStarted():
+            changes["attempts"] = max(state.attempts, event.attempt)
+        case model.BackfillProgressed():
+            changes["records_processed"] = max(state.records_processed, event.records_processed)
+            if event.total_records is not None:
+                changes["total_records"] = event.total_records
+            if event.checkpoint is not None:
+                changes["checkpoint"] = event.checkpoint
+        case model.BackfillCompleted():
+            changes.update(
+                status="completed",
+                records_processed=event.records_processed,
+                completed_at=event.occurred_at,
+                sources=list(event.sources),
+                records_skipped=event.records_skipped,
+                skip_reasons=dict(event.skip_reasons),
+                records_deleted=event.records_deleted,
+            )
+            if event.total_records is not None:
+                changes["total_records"] = event.total_records
+        case model.BackfillFailed():
+            changes.update(status="failed", error=event.error, completed_at=event.occurred_at)
+            if event.records_processed is not None:
+                changes["records_processed"] = max(state.records_processed, event.records_processed)
+        case model.BackfillCancelRequested():
+            changes["cancel_requested"] = True
+        case model.BackfillCancelled():
+            changes.update(status="cancelled", completed_at=event.occurred_at)
+            if event.records_processed is not None:
+                changes["records_processed"] = max(state.records_processed, event.records_processed)
+    return msgspec.structs.replace(state, **changes)
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS operations (
+    id TEXT PRIMARY KEY, type TEXT NOT NULL, status TEXT NOT NULL,
+    started_at INTEGER NOT NULL, dedupe_key TEXT NOT NULL, state BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS operations_newest ON operations (started_at DESC, id DESC);
+CREATE INDEX IF NOT EXISTS operations_dedupe ON operations (dedupe_key, status);
+CREATE TABLE IF NOT EXISTS applied_events (event_id TEXT PRIMARY KEY) WITHOUT ROWID;
+"""
+
+_encode = msgspec.json.Encoder().encode
+_decode_operation = msgspec.json.Decoder(Operation).decode
+
+
+class InvalidCursor(ValueError):
+    pass
+
+
+def encode_cursor(op: Operation) -> str:
+    return base64.urlsafe_b64encode(f"{op.started_at}:{op.id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        started_at, op_id = raw.split(":", 1)
+        return int(started_at), op_id
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidCursor("cursor is not one this service issued") from exc
+
+
+class OperationsStore(tracking.TrackedStore):
+    """SQLite store of the operations projection; positions tracked with the state."""
+
+    topic = model.OPERATIONS_TOPIC
+    schema = _SCHEMA
+
+    async def apply(self, events: list[model.AnyEvent], positions: dict[int, int]) -> None:
+        """Fold a batch and store `positions` in one transaction."""
+        cache: dict[str, Operation | None] = {}
+        async with self.transaction(positions) as conn:
+            for event in events:
+                if not isinstance(event, model.OperationEvent):
+                    continue
+                cur = await conn.execute(
+                    "INSERT OR IGNORE INTO applied_events (event_id) VALUES (?)", (event.event_id,)
+                )
+                if cur.rowcount == 0:
+                    continue
+                op_id = event.operation_id
+                if op_id not in cache:
+                    cache[op_id] = await self._load(op_id)
+                new = fold(cache[op_id], event)
+                if new is not None and new is not cache[op_id]:
+                    cache[op_id] = new
+                    await conn.execute(
+                        "INSERT INTO operations (id, type, status, started_at, dedupe_key, state) "
+                        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+                        "status = excluded.status, state = excluded.state",
+                        (
+                            new.id,
+                            new.type,
+                            new.status,
+                            new.started_at,
+                            new.dedupe_key,
+                            _encode(new),
+                        ),
+                    )
+
+    async def _load(self, op_id: str) -> Operation | None:
+        async with self.conn.execute("SELECT state FROM operations WHERE id = ?", (op_id,)) as cur:
+            row = await cur.fetchone()
+        return _decode_operation(row[0]) if row else None
+
+    async def get(self, op_id: str) -> Operation | None:
+        return await self._load(op_id)
+
+    async def find_running(self, dedupe_key: str) -> Operation | None:
+        async with self.conn.execute(
+            "SELECT state FROM operations WHERE dedupe_key = ? AND status = 'running' "
+            "ORDER BY started_at DESC LIMIT 1",
+            (dedupe_key,),
+        ) as cur:
+            row = await cur.fetchone()
+        return _decode_operation(row[0]) if row else None
+
+    async def list(
+        self,
+        *,
+        statuses: tuple[str, ...] | None = None,
+        type: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[Operation], str | None]:
+        """Newest first (start time, then id), keyset-paginated."""
+        where, args = [], []
+        if statuses:
+            where.append(f"status IN ({','.join('?' * len(statuses))})")
+            args.extend(statuses)
+        if type is not None:
+            where.append("type = ?")
+            args.append(type)
+        if cursor is not None:
+            started_at, op_id = decode_cursor(cursor)
+            where.append("(started_at < ? OR (started_at = ? AND id < ?))")
+            args.extend([started_at, started_at, op_id])
+        sql = "SELECT state FROM operations"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY started_at DESC, id DESC LIMIT ?"
+        args.append(limit + 1)
+        async with self.conn.execute(sql, args) as cur:
+            rows = await cur.fetchall()
+        ops = [_decode_operation(r[0]) for r in rows[:limit]]
+        next_cursor = encode_cursor(ops[-1]) if len(rows) > limit else None
+        return ops, next_cursor
+
+    async def all(self) -> list[Operation]:
+        async with self.conn.execute("SELECT state FROM operations ORDER BY id") as cur:
+            return [_decode_operation(r[0]) for r in await cur.fetchall()]

@@ -1,0 +1,90 @@
+"""Consumed positions stored in the projection's own database, in the same transaction as the
+state they produced (the `eventsourcing` library's tracking records): a projection applies each
+event's effect exactly once however often the log delivers it."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiosqlite
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tracking (
+    topic TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL,
+    PRIMARY KEY (topic, partition)
+);
+"""
+
+
+async def connect(path: Path, schema: str, create: bool = True) -> aiosqlite.Connection:
+    """`create=False`: open an existing database only (sqlite3.OperationalError if missing)."""
+    if create:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = await aiosqlite.connect(path, isolation_level=None, timeout=30)
+    else:
+        uri = path.absolute().as_uri() + "?mode=rw"  # noqa: ASYNC240 (no I/O: string only)
+        conn = await aiosqlite.connect(uri, uri=True, isolation_level=None, timeout=30)
+    await conn.execute("PRAGMA journal_mode=WAL")
+    await conn.execute("PRAGMA synchronous=FULL")
+    await conn.executescript(SCHEMA + schema)
+    return conn
+
+
+async def load(conn: aiosqlite.Connection, topic: str) -> dict[int, int]:
+    async with conn.execute(
+        "SELECT partition, next_offset FROM tracking WHERE topic = ?", (topic,)
+    ) as cur:
+        return {p: o for p, o in await cur.fetchall()}
+
+
+async def save(conn: aiosqlite.Connection, topic: str, positions: dict[int, int]) -> None:
+    """Call inside the transaction that writes the state."""
+    await conn.executemany(
+        "INSERT INTO tracking (topic, partition, next_offset) VALUES (?, ?, ?) "
+        "ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
+        [(topic, p, o) for p, o in positions.items()],
+    )
+
+
+class TrackedStore:
+    """A projection's SQLite database: its connection, its stored positions, and the one
+    transaction shape every fold uses (state and positions commit together)."""
+
+    topic: str
+    schema: str
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._conn: aiosqlite.Connection | None = None
+
+    async def open(self) -> None:
+        self._conn = await connect(self.path, self.schema)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+    @property
+    def conn(self) -> aiosqlite.Connection:
+        if self._conn is None:
+            raise RuntimeError(f"{self.path} is not open")
+        return self._conn
+
+    async def positions(self) -> dict[int, int]:
+        return await load(self.conn, self.topic)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self, positions: dict[int, int]) -> AsyncIterator[aiosqlite.Connection]:
+        """Writes inside commit with `positions` (filled in by the caller as it goes)."""
+        conn = self.conn
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            await save(conn, self.topic, positions)
+            await conn.commit()
+        except BaseException:
+            await conn.rollback()
+            raise

@@ -1,0 +1,138 @@
+"""The admin XRPC API: appends requests and cancels to the log, reads the operations projection.
+
+It never does backfill work itself; the workers do, from the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI
+
+from events import model
+from events.log import Entry, EventLog, LogUnavailable
+from projections.operations import TERMINAL, InvalidCursor, OperationsStore, fold
+from projections.runner import ProjectionRunner
+from services.api import xrpc
+from services.api.auth import ServiceAuth
+from services.api.lexicon import Lexicons
+from services.api.params import backfill_params, dedupe_key
+from services.api.views import operation_view
+from services.api.xrpc import Call, XrpcError, XrpcServer, invalid_request
+
+TRIGGER = "pub.chive.admin.triggerBackfill"
+STATUS = "pub.chive.admin.getBackfillStatus"
+HISTORY = "pub.chive.admin.getBackfillHistory"
+CANCEL = "pub.chive.admin.cancelBackfill"
+
+# How long a write waits for the projection to fold it, so the next read sees it.
+READ_YOUR_WRITES_S = 5.0
+
+
+@dataclass
+class Api:
+    event_log: EventLog
+    store: OperationsStore
+    projection: ProjectionRunner
+    stall_after_s: int = 120
+    append_timeout_s: float = 12.0
+
+    def __post_init__(self) -> None:
+        # One trigger at a time per replica: duplicate detection reads, then appends.
+        self._trigger_lock = asyncio.Lock()
+
+    async def _append(self, event: model.OperationEvent):
+        entry = Entry(event.operation_id, model.encode(event), model.headers_for(event))
+        try:
+            (position,) = await asyncio.wait_for(
+                self.event_log.append(model.OPERATIONS_TOPIC, [entry]), self.append_timeout_s
+            )
+        except (LogUnavailable, TimeoutError):
+            # With an idempotent producer the append may still land once the log is back, so
+            # the answer says so; a retry is safe, an identical trigger returns that operation.
+            raise XrpcError(
+                503,
+                "NotEnoughResources",
+                "The event log did not confirm the request in time; it may still be recorded. "
+                "Try again shortly",
+            ) from None
+        await self.projection.wait_past(position, READ_YOUR_WRITES_S)
+
+    async def trigger(self, call: Call) -> dict[str, Any]:
+        kind, params = backfill_params(call.raw_input)
+        key = dedupe_key(kind, params)
+        async with self._trigger_lock:
+            running = await self.store.find_running(key)
+            if running is not None:
+                return {"operation": self._view(running)}
+            event = model.new_event(
+                model.BackfillRequested,
+                model.new_operation_id(),
+                backfill_type=kind,
+                params=params,
+                requested_by=call.caller.did,
+                dedupe_key=key,
+            )
+            await self._append(event)
+        return {"operation": operation_view(fold(None, event))}
+
+    def _view(self, op) -> dict[str, Any]:
+        return operation_view(op, model.now_ms(), self.stall_after_s * 1000)
+
+    async def status(self, call: Call) -> dict[str, Any]:
+        op_id = call.params.get("id")
+        if op_id is not None:
+            op = await self.store.get(op_id)
+            if op is None:
+                raise XrpcError(400, "OperationNotFound", f"No backfill operation {op_id}")
+            return {"operation": self._view(op)}
+        status = call.params.get("status")
+        ops, cursor = await self._page(call, statuses=(status,) if status is not None else None)
+        return {"operations": ops, **({"cursor": cursor} if cursor else {})}
+
+    async def history(self, call: Call) -> dict[str, Any]:
+        ops, cursor = await self._page(call, statuses=tuple(sorted(TERMINAL)))
+        return {"operations": ops, **({"cursor": cursor} if cursor else {})}
+
+    async def _page(self, call: Call, statuses: tuple[str, ...] | None):
+        try:
+            ops, cursor = await self.store.list(
+                statuses=statuses,
+                type=call.params.get("type"),
+                limit=call.params["limit"],
+                cursor=call.params.get("cursor"),
+            )
+        except InvalidCursor as exc:
+            raise invalid_request(str(exc)) from None
+        return [self._view(op) for op in ops], cursor
+
+    async def cancel(self, call: Call) -> dict[str, Any]:
+        op_id = call.input["id"]
+        op = await self.store.get(op_id)
+        if op is None:
+            raise XrpcError(400, "OperationNotFound", f"No backfill operation {op_id}")
+        if op.finished:
+            return {"success": False}
+        if not op.cancel_requested:
+            await self._append(
+                model.new_event(
+                    model.BackfillCancelRequested,
+                    op.id,
+                    backfill_type=op.type,
+                    requested_by=call.caller.did,
+                )
+            )
+        return {"success": True}
+
+
+def create_app(api: Api, lexicons: Lexicons, auth: ServiceAuth) -> FastAPI:
+    app = FastAPI(title="chive-backfill", docs_url=None, redoc_url=None, openapi_url=None)
+    server = XrpcServer(lexicons, auth.require_admin)
+    server.method(TRIGGER, api.trigger)
+    server.method(STATUS, api.status)
+    server.method(HISTORY, api.history)
+    server.method(CANCEL, api.cancel)
+    xrpc.mount(app, server)
+    return app

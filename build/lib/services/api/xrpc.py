@@ -1,0 +1,145 @@
+"""XRPC over FastAPI with the reference server's rules (DESIGN.md section 2).
+
+One route, `/xrpc/{nsid}`, dispatches to registered methods. Checks run in the reference
+order: method known (501), verb (400), params (400), auth (401/403), body (400/413), handler;
+the response is validated against the lexicon before it leaves. Any unexpected exception is a
+500 with the fixed message, logged here, never shown to the client.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from services.api.lexicon import LexiconError, Lexicons
+
+log = logging.getLogger(__name__)
+
+JSON_LIMIT_BYTES = 100 * 1024
+
+
+class XrpcError(Exception):
+    def __init__(self, status: int, error: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
+        self.message = message
+
+
+def invalid_request(message: str) -> XrpcError:
+    return XrpcError(400, "InvalidRequest", message)
+
+
+def error_response(status: int, error: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": error, "message": message}, status_code=status)
+
+
+@dataclass
+class Call:
+    nsid: str
+    params: dict[str, Any]
+    input: dict[str, Any] | None
+    caller: Any = None
+    raw_input: dict[str, Any] = field(default_factory=dict)
+
+
+Handler = Callable[[Call], Awaitable[dict[str, Any]]]
+Authenticator = Callable[[str | None, str], Awaitable[Any]]
+
+
+@dataclass
+class XrpcServer:
+    lexicons: Lexicons
+    authenticate: Authenticator | None
+    handlers: dict[str, Handler] = field(default_factory=dict)
+
+    def method(self, nsid: str, handler: Handler) -> None:
+        if self.lexicons.main(nsid) is None:
+            raise KeyError(f"no lexicon for {nsid} in the schemas directory")
+        self.handlers[nsid] = handler
+
+    async def dispatch(self, request: Request, nsid: str) -> Response:
+        try:
+            return await self._dispatch(request, nsid)
+        except XrpcError as exc:
+            return error_response(exc.status, exc.error, exc.message)
+        except Exception:
+            log.exception("unhandled error in %s", nsid)
+            return error_response(500, "InternalServerError", "Internal Server Error")
+
+    async def _dispatch(self, request: Request, nsid: str) -> Response:
+        handler = self.handlers.get(nsid)
+        spec = self.lexicons.main(nsid)
+        if handler is None or spec is None:
+            raise XrpcError(501, "MethodNotImplemented", "Method Not Implemented")
+        expected = "GET" if spec["type"] == "query" else "POST"
+        if request.method != expected:
+            raise invalid_request(f"Incorrect HTTP method ({request.method}) expected {expected}")
+        query: dict[str, list[str]] = {}
+        for key, value in request.query_params.multi_items():
+            query.setdefault(key, []).append(value)
+        try:
+            params = self.lexicons.validate_params(nsid, query)
+        except LexiconError as exc:
+            raise invalid_request(str(exc)) from None
+        caller = None
+        if self.authenticate is not None:
+            caller = await self.authenticate(request.headers.get("authorization"), nsid)
+        body, raw = None, {}
+        if spec["type"] == "procedure" and "input" in spec:
+            raw = await _read_json(request)
+            try:
+                body = self.lexicons.validate_input(nsid, raw)
+            except LexiconError as exc:
+                raise invalid_request(str(exc)) from None
+        output = await handler(Call(nsid, params, body, caller, raw))
+        try:
+            output = self.lexicons.validate_output(nsid, output)
+        except LexiconError:
+            log.exception("%s produced output that breaks its lexicon", nsid)
+            raise
+        return JSONResponse(output)
+
+
+async def _read_json(request: Request) -> Any:
+    content_type = request.headers.get("content-type")
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > JSON_LIMIT_BYTES:
+        raise XrpcError(413, "PayloadTooLarge", "request entity too large")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > JSON_LIMIT_BYTES:
+            raise XrpcError(413, "PayloadTooLarge", "request entity too large")
+        chunks.append(chunk)
+    data = b"".join(chunks)
+    if not data:
+        raise invalid_request("Request encoding (Content-Type) required but not provided")
+    if content_type is None:
+        raise invalid_request("Request encoding (Content-Type) required but not provided")
+    mime = content_type.split(";", 1)[0].strip().lower()
+    if mime != "application/json":
+        raise invalid_request(f"Wrong request encoding (Content-Type): {mime}")
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise invalid_request("Request body is not valid JSON") from None
+
+
+def mount(app: FastAPI, server: XrpcServer) -> None:
+    async def health(request: Request) -> Response:
+        return JSONResponse({"version": "chive-backfill"})
+
+    async def route(request: Request, nsid: str) -> Response:
+        return await server.dispatch(request, nsid)
+
+    app.add_api_route("/xrpc/_health", health, methods=["GET"])
+    app.add_api_route(
+        "/xrpc/{nsid}", route, methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"]
+    )

@@ -1,0 +1,304 @@
+"""Composition root: builds and wires every part of a process from Settings. Nothing runs at
+import time; each `run_*` runs until `stop` is set."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import httpx
+import uvicorn
+
+from events import dlq, model
+from events.kafka_log import KafkaEventLog
+from events.log import EventLog
+from events.sqlite_log import SqliteEventLog
+from projections import index_location
+from projections.operations import OperationsStore
+from projections.records import RecordIndex
+from projections.runner import ProjectionRunner
+from services import keys
+from services.api.app import Api, create_app
+from services.api.auth import ServiceAuth
+from services.api.lexicon import Lexicons
+from services.identity import DidResolver
+from services.settings import Settings
+from services.workers import (
+    citation_extraction,
+    did_sync,
+    freshness_scan,
+    full_reindex,
+    governance_sync,
+    pds_scan,
+)
+from services.workers.context import Services
+from services.workers.grobid import Grobid
+from services.workers.runner import Handler, WorkerService
+from services.workers.xrpc_client import RetryPolicy, XrpcClient
+
+log = logging.getLogger(__name__)
+
+HANDLERS: dict[str, Handler] = {
+    "didSync": did_sync.run,
+    "pdsScan": pds_scan.run,
+    "freshnessScan": freshness_scan.run,
+    "citationExtraction": citation_extraction.run,
+    "fullReindex": full_reindex.run,
+    "governanceSync": governance_sync.run,
+}
+assert set(HANDLERS) == set(model.BACKFILL_TYPES)
+
+
+def make_log(settings: Settings) -> EventLog:
+    if settings.event_log == "kafka":
+        return KafkaEventLog(
+            settings.kafka_bootstrap_servers,
+            settings.partitions,
+            replication_factor=settings.kafka_replication,
+            enable_idempotence=settings.kafka_idempotence,
+            session_timeout_ms=settings.kafka_session_timeout_ms,
+            heartbeat_interval_ms=settings.kafka_heartbeat_ms,
+            namespace=settings.kafka_namespace,
+            request_timeout_ms=settings.kafka_request_timeout_ms,
+        )
+    return SqliteEventLog(settings.data_dir / "events.db", settings.partitions)
+
+
+@contextlib.asynccontextmanager
+async def open_log(settings: Settings) -> AsyncIterator[EventLog]:
+    event_log = make_log(settings)
+    await event_log.start()
+    try:
+        await event_log.ensure_topics([model.OPERATIONS_TOPIC, model.RECORDS_TOPIC, dlq.DLQ_TOPIC])
+        yield event_log
+    finally:
+        await event_log.close()
+
+
+def local_admin_key(settings: Settings) -> keys.PrivateKey:
+    return keys.load_or_create(settings.data_dir / "admin-key.pem")
+
+
+def admin_dids(settings: Settings) -> frozenset[str]:
+    """CHIVE_ADMIN_DIDS, or when unset the local admin key that `chive-backfill token` uses."""
+    if settings.admin_dids:
+        return frozenset(settings.admin_dids)
+    return frozenset({local_admin_key(settings).public.did_key()})
+
+
+async def run_api(
+    settings: Settings,
+    event_log: EventLog,
+    stop: asyncio.Event,
+    on_ready: Callable[[int], Awaitable[None]] | None = None,
+) -> None:
+    store = OperationsStore(settings.data_dir / "api-operations.db")
+    await store.open()
+    projection = ProjectionRunner(event_log, store, "operations")
+    async with httpx.AsyncClient(follow_redirects=False) as http:
+        auth = ServiceAuth(
+            DidResolver(http, settings.plc_url), settings.service_did, admin_dids(settings)
+        )
+        # A write fails by the producer's own request timeout (the record is then dropped,
+        # never sent late); the API's bound is a safety net just above it.
+        append_timeout_s = settings.kafka_request_timeout_ms / 1000 + 2
+        api = Api(event_log, store, projection, settings.stall_after_s, append_timeout_s)
+        app = create_app(api, Lexicons.load(), auth)
+        server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host=settings.host,
+                port=settings.port,
+                lifespan="off",
+                log_level="warning",
+                access_log=False,
+            )
+        )
+        # Bound here, so a port in use is a clear error before anything else starts.
+        try:
+            sock = socket.create_server((settings.host, settings.port))
+        except OSError as exc:
+            raise RuntimeError(
+                f"API cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
+            ) from None
+        tasks = [
+            asyncio.create_task(projection.run(stop)),
+            asyncio.create_task(server.serve(sockets=[sock])),
+        ]
+
+        async def stopper() -> None:
+            await stop.wait()
+            server.should_exit = True
+
+        tasks.append(asyncio.create_task(stopper()))
+        try:
+            while not server.started:
+                if tasks[1].done():
+                    await tasks[1]
+                    raise RuntimeError(f"API could not listen on {settings.host}:{settings.port}")
+                await asyncio.sleep(0.01)
+            port = server.servers[0].sockets[0].getsockname()[1]
+            log.info("API listening on http://%s:%s", settings.host, port)
+            if on_ready is not None:
+                await on_ready(port)
+            await _until_first_done(tasks, stop)
+        finally:
+            server.should_exit = True
+            await _cancel(tasks)
+            await store.close()
+
+
+# Worker types that read the record index; their process keeps its own replica of it.
+READS_INDEX = {"freshnessScan", "citationExtraction", "governanceSync"}
+# Worker types that run beside the projector and work on its index.
+BESIDE_PROJECTOR = {"fullReindex"}
+
+
+async def run_workers(
+    settings: Settings,
+    event_log: EventLog,
+    types: list[str],
+    stop: asyncio.Event,
+    index_runner: ProjectionRunner | None = None,
+) -> None:
+    """`index_runner`: the projector's runner when it runs in this process."""
+    if BESIDE_PROJECTOR & set(types) and index_runner is None:
+        raise SystemExit(
+            f"{', '.join(sorted(BESIDE_PROJECTOR & set(types)))} works on the projector's index: "
+            "it runs inside `chive-backfill projector` (or `up`), not as a worker of its own"
+        )
+    async with contextlib.AsyncExitStack() as stack:
+        http = await stack.enter_async_context(httpx.AsyncClient(follow_redirects=True))
+        tasks: list[asyncio.Task] = []
+        index = runner = None
+        if READS_INDEX & set(types):
+            own_replica = index_runner is None
+            # A worker process on its own keeps a replica of the index, folded here; beside
+            # the projector it reads the projector's index over a connection of its own.
+            # Beside the projector the reader follows fullReindex's switches.
+            index = (
+                RecordIndex(settings.data_dir / "worker-records.db")
+                if own_replica
+                else RecordIndex.reader_in(settings.data_dir)
+            )
+            await index.open()
+            stack.push_async_callback(index.close)
+            runner = index_runner or ProjectionRunner(event_log, index, "worker-records")
+            if own_replica:
+                tasks.append(asyncio.create_task(runner.run(stop), name="worker-records"))
+        policy = RetryPolicy(attempts=settings.source_attempts, timeout_s=settings.source_timeout_s)
+        services = Services(
+            event_log,
+            XrpcClient(http, policy),
+            DidResolver(http, settings.plc_url),
+            governance_pds_url=settings.governance_pds_url,
+            governance_did=settings.governance_did,
+            index=index,
+            index_runner=runner,
+            projector=index_runner,
+            data_dir=settings.data_dir,
+            grobid=Grobid(http, settings.grobid_url, policy) if settings.grobid_url else None,
+        )
+        workers = [WorkerService(t, HANDLERS[t], services) for t in types]
+        tasks += [
+            asyncio.create_task(w.run(stop), name=f"worker-{w.backfill_type}") for w in workers
+        ]
+        try:
+            await _until_first_done(tasks, stop)
+        finally:
+            await _cancel(tasks)
+
+
+def records_projection(
+    settings: Settings, event_log: EventLog
+) -> tuple[RecordIndex, ProjectionRunner]:
+    index = RecordIndex(index_location.active_path(settings.data_dir))
+    return index, ProjectionRunner(event_log, index, "records")
+
+
+async def run_projector(
+    settings: Settings,
+    event_log: EventLog,
+    stop: asyncio.Event,
+    runner: ProjectionRunner | None = None,
+) -> None:
+    """`runner`: a records projection whose index the caller has opened (and will close).
+    Without one, this process owns the index, and runs the workers that work on it."""
+    if runner is not None:
+        await runner.run(stop)
+        return
+    index, runner = records_projection(settings, event_log)
+    await index.open()
+    tasks = [
+        asyncio.create_task(runner.run(stop), name="projector"),
+        asyncio.create_task(
+            run_workers(settings, event_log, sorted(BESIDE_PROJECTOR), stop, runner),
+            name="projector-workers",
+        ),
+    ]
+    try:
+        await _until_first_done(tasks, stop)
+    finally:
+        await _cancel(tasks)
+        await index.close()
+
+
+async def run_all(
+    settings: Settings,
+    stop: asyncio.Event,
+    on_ready: Callable[[int], Awaitable[None]] | None = None,
+) -> None:
+    """Everything in one process on one log: the embedded default of `chive-backfill up`."""
+    async with contextlib.AsyncExitStack() as stack:
+        event_log = await stack.enter_async_context(open_log(settings))
+        # One record index in one process: workers that read it share the projector's. It is
+        # opened here, first, so no two connections race to create the file.
+        index, runner = records_projection(settings, event_log)
+        await index.open()
+        stack.push_async_callback(index.close)
+        tasks = [
+            asyncio.create_task(run_api(settings, event_log, stop, on_ready)),
+            asyncio.create_task(run_projector(settings, event_log, stop, runner)),
+            asyncio.create_task(run_workers(settings, event_log, list(HANDLERS), stop, runner)),
+        ]
+        try:
+            await _until_first_done(tasks, stop)
+        finally:
+            await _cancel(tasks)
+
+
+async def _until_first_done(tasks: list[asyncio.Task], stop: asyncio.Event) -> None:
+    """Return when stop is set; if a part exits first, stop the rest and raise its error."""
+    stopper = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    for task in done:
+        if task is not stopper and not stop.is_set():
+            stop.set()
+            exc = task.exception()
+            if exc is not None:
+                raise exc
+            raise RuntimeError(f"{task.get_name()} exited unexpectedly")
+
+
+# A part that does not finish within this after its cancellation is left behind: shutting down
+# must end, and the CLI exits without waiting on what is left.
+CANCEL_GRACE_S = 10.0
+
+
+async def _cancel(tasks: list[asyncio.Task]) -> None:
+    for task in tasks:
+        task.cancel()
+    if not tasks:
+        return
+    done, pending = await asyncio.wait(tasks, timeout=CANCEL_GRACE_S)
+    for task in done:
+        if not task.cancelled():
+            task.exception()  # retrieved: the first error is the one raised, not these
+    for task in pending:
+        log.error(
+            "%s did not stop within %.0f s of its cancellation", task.get_name(), CANCEL_GRACE_S
+        )

@@ -1,0 +1,193 @@
+"""What a backfill handler sees of the world while it runs one operation.
+
+A handler reads its parameters and resume checkpoint, appends the record events it finds,
+reports progress (throttled here: at least every 2 s or 500 records, with a heartbeat while a
+unit of work is slow) and checks for cancellation between units of work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from events import model
+from events.log import Entry, EventLog, append_patiently
+from projections.records import RecordIndex
+from projections.runner import ProjectionRunner
+from services.identity import DidNotFound, DidResolver, ResolutionError, pds_endpoint
+from services.workers.grobid import Grobid
+from services.workers.xrpc_client import XrpcClient
+
+PROGRESS_INTERVAL_S = 2.0
+PROGRESS_RECORDS = 500
+INDEX_READY_S = 60.0
+
+
+class Cancelled(Exception):
+    """Raised at a unit-of-work boundary once a cancel was requested."""
+
+
+class OperationFailed(Exception):
+    """The operation cannot complete; the message is the operation's `error`."""
+
+
+@dataclass
+class Outcome:
+    records_processed: int
+    total_records: int | None = None
+    records_skipped: int = 0
+    skip_reasons: dict[str, int] = field(default_factory=dict)
+    records_deleted: int = 0
+    sources: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Services:
+    """Shared clients a handler may use."""
+
+    event_log: EventLog
+    client: XrpcClient
+    resolver: DidResolver
+    # The governance PDS and the repo on it that holds the knowledge graph.
+    governance_pds_url: str = "https://governance.chive.pub"
+    governance_did: str | None = None
+    # The worker process's own replica of the record index (types that read the index).
+    index: RecordIndex | None = None
+    index_runner: ProjectionRunner | None = None
+    # The projector's runner when it runs in this process (fullReindex swaps its index).
+    projector: ProjectionRunner | None = None
+    data_dir: Path | None = None
+    # One index rebuild at a time per process.
+    reindex_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # GROBID for citationExtraction; None: the worker extracts PDF text itself.
+    grobid: Grobid | None = None
+
+
+Appender = Callable[[model.OperationEvent], Awaitable[None]]
+
+
+class WorkContext:
+    def __init__(
+        self,
+        *,
+        operation_id: str,
+        backfill_type: str,
+        params: dict[str, Any],
+        checkpoint: dict[str, Any] | None,
+        services: Services,
+        append_operation_event: Appender,
+    ) -> None:
+        self.operation_id = operation_id
+        self.backfill_type = backfill_type
+        self.params = params
+        self.checkpoint = checkpoint
+        self.services = services
+        self._append = append_operation_event
+        self._cancel = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._last_emit = time.monotonic()
+        self._emitted_records = -1
+        self._latest: tuple[int, int | None, dict[str, Any] | None] = (0, None, checkpoint)
+
+    # -- cancellation ------------------------------------------------------------------
+    def request_cancel(self) -> None:
+        self._cancel.set()
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._cancel.is_set()
+
+    def check_cancelled(self) -> None:
+        if self._cancel.is_set():
+            raise Cancelled()
+
+    # -- output ------------------------------------------------------------------------
+    async def emit_records(self, events: list[model.RecordEvent]) -> None:
+        if not events:
+            return
+        entries = [Entry(e.uri, model.encode(e), model.headers_for(e)) for e in events]
+        await append_patiently(self.services.event_log, model.RECORDS_TOPIC, entries)
+
+    async def progress(
+        self,
+        records_processed: int,
+        checkpoint: dict[str, Any] | None,
+        *,
+        total_records: int | None = None,
+        force: bool = False,
+    ) -> None:
+        """Record progress; emits an event when due. Only pass a checkpoint whose effects
+        (record events) are already appended."""
+        self._latest = (records_processed, total_records, checkpoint)
+        due = (
+            force
+            or time.monotonic() - self._last_emit >= PROGRESS_INTERVAL_S
+            or records_processed - max(self._emitted_records, 0) >= PROGRESS_RECORDS
+        )
+        if due:
+            await self._emit_latest()
+
+    @property
+    def records_processed(self) -> int:
+        return self._latest[0]
+
+    async def _emit_latest(self) -> None:
+        async with self._lock:
+            records, total, checkpoint = self._latest
+            self._last_emit = time.monotonic()
+            self._emitted_records = records
+            await self._append(
+                model.new_event(
+                    model.BackfillProgressed,
+                    self.operation_id,
+                    backfill_type=self.backfill_type,
+                    records_processed=records,
+                    total_records=total,
+                    checkpoint=checkpoint,
+                )
+            )
+
+    async def heartbeat(self) -> None:
+        """Runs beside the handler: a progress event at least every interval, even while one
+        unit of work is slow, so watchers see the operation is alive."""
+        while True:
+            await asyncio.sleep(PROGRESS_INTERVAL_S / 4)
+            if time.monotonic() - self._last_emit >= PROGRESS_INTERVAL_S:
+                await self._emit_latest()
+
+
+def to_checkpoint(struct: msgspec.Struct) -> dict[str, Any]:
+    return msgspec.to_builtins(struct)
+
+
+def from_checkpoint(data: dict[str, Any] | None, kind: type):
+    return msgspec.convert(data, kind) if data else kind()
+
+
+async def pds_of(services: Services, did: str) -> str:
+    """The PDS endpoint of a DID (documents cached by the resolver); OperationFailed if none."""
+    try:
+        document = await services.resolver.resolve(did)
+    except (DidNotFound, ResolutionError) as exc:
+        raise OperationFailed(str(exc)) from exc
+    endpoint = pds_endpoint(document)
+    if endpoint is None:
+        raise OperationFailed(f"DID document of {did} has no #atproto_pds service")
+    return endpoint
+
+
+async def caught_up_index(ctx: WorkContext) -> RecordIndex:
+    """The record index this worker reads, once it has folded everything appended to the log
+    before this call."""
+    index, runner = ctx.services.index, ctx.services.index_runner
+    if index is None or runner is None:
+        raise OperationFailed(f"{ctx.backfill_type} needs the record index of its worker process")
+    if not await runner.wait_caught_up(INDEX_READY_S):
+        raise OperationFailed("the worker's record index did not catch up with the log")
+    return index

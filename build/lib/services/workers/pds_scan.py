@@ -1,0 +1,166 @@
+"""pdsScan: every repo a PDS lists (listRepos, all pages), every pub.chive.* collection of each.
+
+Without `pdsUrl` it scans every PDS the service has learned of: the sources of all completed
+didSync and pdsScan operations on the log. Repos of one listRepos page are scanned with bounded
+concurrency; the checkpoint holds the page's cursor and the repos of it already finished, so a
+resumed scan re-reads only unfinished repos. recordsProcessed = pub.chive.* records read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+
+from events import model
+from events.log import EventLog, read_to_end
+from services.workers.context import (
+    OperationFailed,
+    Outcome,
+    WorkContext,
+    from_checkpoint,
+    to_checkpoint,
+)
+from services.workers.repo_scan import RepoPosition, scan_repo
+from services.workers.xrpc_client import SourceUnavailable, XrpcCallError
+
+REPOS_PAGE = 200
+REPO_CONCURRENCY = 4
+MAX_REPO_PAGES = 100_000
+
+
+class ListedRepo(msgspec.Struct):
+    did: str
+    active: bool = True
+
+
+class ListRepos(msgspec.Struct):
+    repos: list[ListedRepo] = []
+    cursor: str | None = None
+
+
+class Checkpoint(msgspec.Struct):
+    pds_urls: list[str] = []
+    pds_index: int = 0
+    # Cursor that fetches the listRepos page being worked on (None: the first page).
+    page_cursor: str | None = None
+    done: list[str] = []
+    count: int = 0
+    skipped: int = 0
+    unreachable: list[str] = []
+
+
+async def run(ctx: WorkContext) -> Outcome:
+    state = from_checkpoint(ctx.checkpoint, Checkpoint)
+    if not state.pds_urls:
+        if "pdsUrl" in ctx.params:
+            state.pds_urls = [ctx.params["pdsUrl"]]
+        else:
+            state.pds_urls = await known_pds_urls(ctx.services.event_log)
+    in_flight: dict[str, int] = {}
+
+    async def report() -> None:
+        live = state.count + sum(in_flight.values())
+        await ctx.progress(live, to_checkpoint(state))
+
+    while state.pds_index < len(state.pds_urls):
+        pds_url = state.pds_urls[state.pds_index]
+        try:
+            await _scan_pds(ctx, pds_url, state, in_flight, report)
+        except SourceUnavailable as exc:
+            state.unreachable.append(f"{pds_url} ({exc})")
+        state.pds_index += 1
+        state.page_cursor, state.done = None, []
+        await report()
+    if state.unreachable:
+        raise OperationFailed("PDS unreachable: " + "; ".join(state.unreachable))
+    return Outcome(
+        records_processed=state.count, records_skipped=state.skipped, sources=list(state.pds_urls)
+    )
+
+
+async def _scan_pds(ctx, pds_url, state: Checkpoint, in_flight, report) -> None:
+    client = ctx.services.client
+    semaphore = asyncio.Semaphore(REPO_CONCURRENCY)
+    pages = 0
+    while True:
+        ctx.check_cancelled()
+        page = await client.query(
+            pds_url,
+            "com.atproto.sync.listRepos",
+            {"limit": REPOS_PAGE, "cursor": state.page_cursor},
+            ListRepos,
+        )
+        if page.repos and page.cursor is not None and page.cursor == state.page_cursor:
+            raise SourceUnavailable(f"{pds_url} returned the same listRepos cursor twice")
+        pages += 1
+        if pages > MAX_REPO_PAGES:
+            raise SourceUnavailable(f"{pds_url} kept paging listRepos past {MAX_REPO_PAGES} pages")
+        done = set(state.done)
+        todo = [r.did for r in page.repos if r.active and r.did not in done]
+
+        async def one(did: str) -> None:
+            async with semaphore:
+                ctx.check_cancelled()
+                in_flight[did] = 0
+
+                skipped = 0
+
+                async def on_page(events, _position: RepoPosition, invalid: list[str]) -> None:
+                    nonlocal skipped
+                    await ctx.emit_records(events)
+                    in_flight[did] += len(events)
+                    skipped += len(invalid)
+                    await report()
+
+                try:
+                    await scan_repo(
+                        client,
+                        pds_url,
+                        did,
+                        ctx.operation_id,
+                        RepoPosition(),
+                        on_page,
+                        ctx.check_cancelled,
+                    )
+                except XrpcCallError:
+                    # Taken down, deactivated or deleted since listRepos: nothing to index.
+                    pass
+                state.count += in_flight.pop(did)
+                state.skipped += skipped
+                state.done.append(did)
+                await report()
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for did in todo:
+                    group.create_task(one(did))
+        except ExceptionGroup as group_error:
+            # One repo's failure (or the cancel) stops the page; surface it unwrapped.
+            raise _first_leaf(group_error) from None
+        if not page.repos or not page.cursor:
+            return
+        state.page_cursor, state.done = page.cursor, []
+        await report()
+
+
+def _first_leaf(error: BaseException) -> BaseException:
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
+
+
+async def known_pds_urls(event_log: EventLog) -> list[str]:
+    """Every PDS a completed didSync or pdsScan read from, from the whole operations log."""
+    urls: set[str] = set()
+    for message in await read_to_end(event_log, model.OPERATIONS_TOPIC):
+        if message.headers.get("event_type") != "BackfillCompleted":
+            continue
+        if message.headers.get("backfill_type") not in ("didSync", "pdsScan"):
+            continue
+        try:
+            event = model.decode(message.value)
+        except model.DecodeError:
+            continue
+        urls.update(getattr(event, "sources", []))
+    return sorted(urls)

@@ -1,0 +1,157 @@
+"""Read every `pub.chive.*` record of one repo from its PDS, page by page, resumably.
+
+A position is (index into the repo's sorted pub.chive collections, listRecords cursor): the
+place to fetch next. The caller gets each page's record events and the position after it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import msgspec
+
+from events import model
+from services.api.formats import parse_at_uri
+from services.workers.xrpc_client import SourceUnavailable, XrpcClient
+
+CHIVE_PREFIX = "pub.chive."
+PAGE_SIZE = 100
+
+
+class DescribeRepo(msgspec.Struct):
+    collections: list[str] = []
+
+
+class ListedRecord(msgspec.Struct):
+    uri: str
+    cid: str
+    value: msgspec.Raw
+
+
+class ListRecords(msgspec.Struct):
+    records: list[ListedRecord] = []
+    cursor: str | None = None
+
+
+class FetchedRecord(msgspec.Struct):
+    uri: str
+    value: msgspec.Raw
+    cid: str | None = None
+
+
+async def get_record(
+    client: XrpcClient, pds_url: str, did: str, collection: str, rkey: str
+) -> FetchedRecord:
+    """com.atproto.repo.getRecord; XrpcCallError("RecordNotFound") when it is gone."""
+    return await client.query(
+        pds_url,
+        "com.atproto.repo.getRecord",
+        {"repo": did, "collection": collection, "rkey": rkey},
+        FetchedRecord,
+    )
+
+
+class RepoPosition(msgspec.Struct, frozen=True):
+    collection_index: int = 0
+    cursor: str | None = None
+
+
+# (record events, position after the page, a reason per record skipped as invalid)
+PageSink = Callable[[list[model.RecordEvent], RepoPosition, list[str]], Awaitable[None]]
+# Extra validation of a record's value: the reason it is invalid, or None.
+Validator = Callable[[str, msgspec.Raw], str | None]
+
+# A PDS that never stops paging (an endless cursor) must not hold a worker forever.
+MAX_PAGES_PER_COLLECTION = 100_000
+
+
+async def chive_collections(client: XrpcClient, pds_url: str, did: str) -> list[str]:
+    described = await client.query(
+        pds_url, "com.atproto.repo.describeRepo", {"repo": did}, DescribeRepo
+    )
+    return sorted(c for c in described.collections if c.startswith(CHIVE_PREFIX))
+
+
+async def scan_repo(
+    client: XrpcClient,
+    pds_url: str,
+    did: str,
+    operation_id: str,
+    start: RepoPosition,
+    on_page: PageSink,
+    check_cancelled: Callable[[], None],
+    *,
+    only: list[str] | None = None,
+    validate: Validator | None = None,
+) -> None:
+    """Scan the repo's pub.chive collections, or just `only` (in that order)."""
+    collections = only if only is not None else await chive_collections(client, pds_url, did)
+    position = start
+    pages, first_uri = 0, None
+    while position.collection_index < len(collections):
+        check_cancelled()
+        collection = collections[position.collection_index]
+        page = await client.query(
+            pds_url,
+            "com.atproto.repo.listRecords",
+            {"repo": did, "collection": collection, "limit": PAGE_SIZE, "cursor": position.cursor},
+            ListRecords,
+        )
+        pages += 1
+        if page.records:
+            if page.cursor is not None and page.cursor == position.cursor:
+                raise SourceUnavailable(
+                    f"{pds_url} returned the same listRecords cursor twice for {did}/{collection}"
+                )
+            if page.records[0].uri == first_uri:
+                raise SourceUnavailable(
+                    f"{pds_url} repeats the same listRecords page for {did}/{collection}"
+                )
+            if pages > MAX_PAGES_PER_COLLECTION:
+                raise SourceUnavailable(
+                    f"{pds_url} kept paging {did}/{collection} past "
+                    f"{MAX_PAGES_PER_COLLECTION} pages"
+                )
+            first_uri = page.records[0].uri
+        events, skipped = [], []
+        for record in page.records:
+            reason = _invalid(record, did, collection) or (
+                validate(collection, record.value) if validate else None
+            )
+            if reason is None:
+                events.append(_upsert(record, did, collection, operation_id))
+            else:
+                skipped.append(reason)
+        if page.records and page.cursor:
+            position = RepoPosition(position.collection_index, page.cursor)
+        else:
+            # The last full page still returns a cursor; the page after it is empty.
+            position = RepoPosition(position.collection_index + 1, None)
+            pages, first_uri = 0, None
+        await on_page(events, position, skipped)
+
+
+def _invalid(record: ListedRecord, did: str, collection: str) -> str | None:
+    """Why a listed record cannot be indexed: its at-uri must name this repo, collection and a
+    record key, and its value must be a JSON object."""
+    parsed = parse_at_uri(record.uri)
+    if parsed is None or parsed[0] != did or parsed[1] != collection or parsed[2] is None:
+        return "uri does not name a record of this repo and collection"
+    if not bytes(record.value).lstrip().startswith(b"{"):
+        return "value is not an object"
+    return None
+
+
+def _upsert(
+    record: ListedRecord, did: str, collection: str, operation_id: str
+) -> model.RecordUpserted:
+    return model.new_event(
+        model.RecordUpserted,
+        operation_id,
+        uri=record.uri,
+        did=did,
+        collection=collection,
+        rkey=record.uri.rsplit("/", 1)[1],
+        cid=record.cid,
+        value=record.value,
+    )

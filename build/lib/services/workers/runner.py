@@ -1,0 +1,291 @@
+"""One worker service: the consumer group of one backfill type.
+
+It folds the operations topic (same fold as the projection) for operations of its type, runs
+each unfinished one, resumes from its last checkpoint, and owns the commit order: a partition's
+committed offset never passes the request of an operation that is not finished, so a worker
+that restarts, or takes the partition over, re-reads that request and everything after it.
+Work starts only once the partition is caught up, so a finished operation is never redone and
+a resumed one starts from its newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from events import dlq, model
+from events.log import (
+    Entry,
+    EventLog,
+    GroupConsumer,
+    LogUnavailable,
+    Message,
+    append_patiently,
+)
+from projections.operations import Operation, fold
+from services.workers.context import (
+    Cancelled,
+    OperationFailed,
+    Outcome,
+    Services,
+    WorkContext,
+)
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[WorkContext], Awaitable[Outcome]]
+
+_RETRY_DELAY_S = 1.0
+
+
+def group_name(backfill_type: str) -> str:
+    return f"chive-backfill.worker.{backfill_type}"
+
+
+def worker_id(backfill_type: str) -> str:
+    return f"{backfill_type}@{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class _Tracked:
+    op: Operation
+    partition: int
+    request_offset: int
+
+
+class WorkerService:
+    def __init__(self, backfill_type: str, handler: Handler, services: Services) -> None:
+        self.backfill_type = backfill_type
+        self._handler = handler
+        self._services = services
+        self._log: EventLog = services.event_log
+        self._id = worker_id(backfill_type)
+        self._ops: dict[str, _Tracked] = {}
+        self._running: dict[str, tuple[asyncio.Task, WorkContext]] = {}
+        self._next: dict[int, int] = {}
+        self._committed: dict[int, int] = {}
+        self._consumer: GroupConsumer | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            consumer = self._log.group_consumer(
+                model.OPERATIONS_TOPIC,
+                group_name(self.backfill_type),
+                on_assigned=self._assigned,
+                on_revoked=self._revoked,
+            )
+            self._consumer = consumer
+            try:
+                await consumer.start()
+                while not stop.is_set():
+                    messages = await consumer.poll(0.2)
+                    poison = [p for m in messages if (p := self._consume(m)) is not None]
+                    # Parked before the commit moves past them: a skipped event is never lost.
+                    await dlq.park(self._log, poison)
+                    await self._start_ready(consumer)
+                    await self._commit(consumer)
+            except LogUnavailable as exc:
+                log.warning("%s: log unavailable, retrying: %s", self._id, exc)
+                await _wait(stop, _RETRY_DELAY_S)
+            finally:
+                await self._drop(set(self._next) | {t.partition for t in self._ops.values()})
+                await consumer.stop()
+                self._consumer = None
+
+    async def _assigned(self, partitions: set[int]) -> None:
+        log.info("%s: assigned partitions %s", self._id, sorted(partitions))
+
+    async def _revoked(self, partitions: set[int]) -> None:
+        # The new owner resumes these operations from their checkpoints.
+        if self._consumer is not None:
+            await self._commit(self._consumer)
+        await self._drop(partitions)
+
+    async def _drop(self, partitions: set[int]) -> None:
+        for op_id, tracked in list(self._ops.items()):
+            if tracked.partition in partitions:
+                await self._stop_quietly(op_id)
+                del self._ops[op_id]
+        for p in partitions:
+            self._next.pop(p, None)
+            self._committed.pop(p, None)
+
+    async def _stop_quietly(self, op_id: str) -> None:
+        running = self._running.pop(op_id, None)
+        if running is not None:
+            task, _ctx = running
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    # -- folding -------------------------------------------------------------------------
+    def _consume(self, message: Message) -> dlq.DeadLetter | None:
+        """Fold one message; an undecodable one of our type comes back as a dead letter."""
+        self._next[message.partition] = message.offset + 1
+        if message.headers.get("backfill_type") != self.backfill_type:
+            return None
+        try:
+            event = model.decode(message.value)
+        except model.DecodeError as exc:
+            log.error(
+                "%s: parking undecodable event %s@%s: %s",
+                self._id,
+                message.partition,
+                message.offset,
+                exc,
+            )
+            return dlq.letter(message, f"undecodable: {exc}", f"worker:{self.backfill_type}")
+        if not isinstance(event, model.OperationEvent):
+            return None
+        tracked = self._ops.get(event.operation_id)
+        before = tracked.op if tracked else None
+        after = fold(before, event)
+        if after is None:
+            return None
+        if tracked is None:
+            self._ops[event.operation_id] = _Tracked(after, message.partition, message.offset)
+        else:
+            tracked.op = after
+        if after.finished:
+            running = self._running.get(event.operation_id)
+            if running is not None and not running[0].done():
+                # Finished elsewhere (another replica before a rebalance): stop our copy.
+                running[0].cancel()
+        elif after.cancel_requested:
+            running = self._running.get(event.operation_id)
+            if running is not None:
+                running[1].request_cancel()
+        return None
+
+    # -- scheduling ----------------------------------------------------------------------
+    async def _start_ready(self, consumer: GroupConsumer) -> None:
+        caught_up: dict[int, bool] = {}
+        for op_id, tracked in list(self._ops.items()):
+            if tracked.op.finished or op_id in self._running:
+                continue
+            p = tracked.partition
+            if p not in caught_up:
+                caught_up[p] = await consumer.caught_up(p)
+            if not caught_up[p]:
+                continue
+            if tracked.op.cancel_requested:
+                await self._finish(tracked, self._cancelled(tracked.op, None))
+                continue
+            self._start(tracked)
+
+    def _start(self, tracked: _Tracked) -> None:
+        op = tracked.op
+        ctx = WorkContext(
+            operation_id=op.id,
+            backfill_type=op.type,
+            params=op.params,
+            checkpoint=op.checkpoint,
+            services=self._services,
+            append_operation_event=self._append,
+        )
+        task = asyncio.create_task(self._execute(tracked, ctx), name=f"backfill-{op.id}")
+        self._running[op.id] = (task, ctx)
+        task.add_done_callback(lambda _t, op_id=op.id: self._forget_task(op_id, task))
+
+    def _forget_task(self, op_id: str, task: asyncio.Task) -> None:
+        if self._running.get(op_id, (None,))[0] is task:
+            del self._running[op_id]
+
+    async def _execute(self, tracked: _Tracked, ctx: WorkContext) -> None:
+        op = tracked.op
+        await self._append(
+            model.new_event(
+                model.BackfillStarted,
+                op.id,
+                backfill_type=op.type,
+                worker=self._id,
+                attempt=op.attempts + 1,
+            )
+        )
+        heartbeat = asyncio.create_task(ctx.heartbeat())
+        try:
+            outcome = await self._handler(ctx)
+            final: model.OperationEvent = model.new_event(
+                model.BackfillCompleted,
+                op.id,
+                backfill_type=op.type,
+                records_processed=outcome.records_processed,
+                total_records=outcome.total_records,
+                records_skipped=outcome.records_skipped,
+                skip_reasons=outcome.skip_reasons,
+                records_deleted=outcome.records_deleted,
+                sources=outcome.sources,
+            )
+        except Cancelled:
+            final = self._cancelled(op, ctx.records_processed)
+        except OperationFailed as exc:
+            final = self._failed(op, str(exc), ctx.records_processed)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("%s: operation %s crashed", self._id, op.id)
+            final = self._failed(
+                op, f"internal error: {type(exc).__name__}: {exc}", ctx.records_processed
+            )
+        finally:
+            heartbeat.cancel()
+            await asyncio.gather(heartbeat, return_exceptions=True)
+        await self._finish(tracked, final)
+
+    async def _finish(self, tracked: _Tracked, final: model.OperationEvent) -> None:
+        await self._append(final)
+        tracked.op = fold(tracked.op, final) or tracked.op
+
+    async def _append(self, event: model.OperationEvent) -> None:
+        """Append, waiting out a log outage: an outcome must not be lost."""
+        entry = Entry(event.operation_id, model.encode(event), model.headers_for(event))
+        await append_patiently(self._log, model.OPERATIONS_TOPIC, [entry])
+
+    def _cancelled(self, op: Operation, records: int | None) -> model.BackfillCancelled:
+        return model.new_event(
+            model.BackfillCancelled,
+            op.id,
+            backfill_type=op.type,
+            records_processed=records,
+        )
+
+    def _failed(self, op: Operation, error: str, records: int | None) -> model.BackfillFailed:
+        return model.new_event(
+            model.BackfillFailed,
+            op.id,
+            backfill_type=op.type,
+            error=error,
+            records_processed=records,
+        )
+
+    # -- commit order --------------------------------------------------------------------
+    async def _commit(self, consumer: GroupConsumer) -> None:
+        offsets: dict[int, int] = {}
+        for p, next_offset in self._next.items():
+            pending = [
+                t.request_offset
+                for t in self._ops.values()
+                if t.partition == p and not t.op.finished
+            ]
+            offset = min(pending, default=next_offset)
+            if self._committed.get(p) != offset:
+                offsets[p] = offset
+        if offsets:
+            await consumer.commit(offsets)
+            self._committed.update(offsets)
+        # Finished operations below every pending request are never re-read: forget them.
+        for op_id, tracked in list(self._ops.items()):
+            if tracked.op.finished and op_id not in self._running:
+                if tracked.request_offset < self._committed.get(tracked.partition, 0):
+                    del self._ops[op_id]
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        pass

@@ -1,0 +1,224 @@
+"""The service against the reference AT Protocol servers (tests/atproto_reference.py): accounts
+created through the real PDS, registered in the real PLC directory (whose documents carry the
+legacy `EcdsaSecp256k1VerificationKey2019` key form), records and a PDF blob written with
+com.atproto.repo.*, and admin tokens minted by the PDS's getServiceAuth. Every backfill type
+that reads AT Protocol servers runs against them; the loopback fakes stay for fault injection."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from projections.records import RecordIndex
+from tests.conftest import eventually
+from tests.documents import paper_pdf
+from tests.harness import SERVICE_DID, running_service, settings_for
+
+TRIGGER = "pub.chive.admin.triggerBackfill"
+STATUS = "pub.chive.admin.getBackfillStatus"
+SUBMISSION = "pub.chive.eprint.submission"
+DOI = "10.5555/reference.2026.001"
+CITED_TITLE = "Signed repositories as the substrate of scholarly publishing"
+
+
+class PdsAdmin:
+    """An admin whose tokens come from its PDS (what a real admin's client sends)."""
+
+    def __init__(self, account) -> None:
+        self.account = account
+        self.did = account.did
+
+    def token(self, lxm: str | None, **_: object) -> str:
+        return self.account.service_token(SERVICE_DID, lxm)
+
+
+@pytest.fixture(scope="module")
+def world(atproto):
+    """Accounts and records on the reference PDS, written once for this module's tests."""
+    alice = atproto.create_account("alice")
+    bob = atproto.create_account("bob")
+    gov = atproto.create_account("governance")
+
+    def submission(title: str, document: dict, **extra) -> dict:
+        return {
+            "$type": SUBMISSION,
+            "title": title,
+            "abstract": [{"text": f"Abstract of {title}."}],
+            "document": document,
+            "licenseSlug": "CC-BY-4.0",
+            "authors": [{"name": "Ada Lovelace", "order": 1}],
+            "submittedBy": alice.did,
+            "createdAt": "2026-11-01T00:00:00.000Z",
+            **extra,
+        }
+
+    cited_pdf = alice.upload_blob(paper_pdf(CITED_TITLE, []), "application/pdf")
+    cited, _ = alice.create_record(
+        SUBMISSION, submission(CITED_TITLE, cited_pdf, publishedVersion={"doi": DOI})
+    )
+    citing_pdf = alice.upload_blob(
+        paper_pdf(
+            "A paper that cites",
+            [
+                f"A. Lovelace. Signed repositories. Journal of Things, 2026. doi:{DOI}",
+                "G. Nobody. A work nobody indexed. Obscure Venue, 1999.",
+            ],
+        ),
+        "application/pdf",
+    )
+    citing, _ = alice.create_record(SUBMISSION, submission("A paper that cites", citing_pdf))
+    comment = {
+        "$type": "pub.chive.review.comment",
+        "eprintUri": cited,
+        "body": "Convincing.",
+        "createdAt": "2026-11-02T00:00:00.000Z",
+    }
+    alice.create_record("pub.chive.review.comment", comment, rkey="c1")
+    alice.create_record("pub.chive.review.comment", {**comment, "body": "Second look."}, "c2")
+    bob.create_record("pub.chive.review.comment", {**comment, "body": "Agreed."})
+    # Not ours: a non-Chive record is never indexed.
+    alice.create_record("app.bsky.feed.post", {"text": "hi", "createdAt": comment["createdAt"]})
+
+    def node(i: int, **extra) -> dict:
+        return {
+            "$type": "pub.chive.graph.node",
+            "id": f"n{i}",
+            "kind": "field",
+            "label": f"Field {i}",
+            "status": "established",
+            "createdAt": "2026-11-01T00:00:00.000Z",
+            **extra,
+        }
+
+    gov.create_record("pub.chive.graph.node", node(1), "n1")
+    gov.create_record("pub.chive.graph.node", node(2), "n2")
+    broken = node(3)
+    del broken["label"]
+    gov.create_record("pub.chive.graph.node", broken, "n3")
+    gov.create_record(
+        "pub.chive.graph.edge",
+        {
+            "$type": "pub.chive.graph.edge",
+            "id": "e1",
+            "sourceUri": f"at://{gov.did}/pub.chive.graph.node/n1",
+            "targetUri": f"at://{gov.did}/pub.chive.graph.node/n2",
+            "relationSlug": "broader",
+            "status": "established",
+            "createdAt": "2026-11-01T00:00:00.000Z",
+        },
+        "e1",
+    )
+    return {"alice": alice, "bob": bob, "gov": gov, "cited": cited, "citing": citing}
+
+
+@pytest.fixture
+def settings(tmp_path, atproto, world):
+    admin = PdsAdmin(world["alice"])
+    base = settings_for(tmp_path / "data", admin, atproto.plc_url)
+    return admin, msgspec.structs.replace(
+        base, governance_pds_url=atproto.pds_url, governance_did=world["gov"].did
+    )
+
+
+def test_the_reference_plc_serves_the_legacy_key_form(atproto, world):
+    (method,) = atproto.did_document(world["alice"].did)["verificationMethod"]
+    assert method["type"] == "EcdsaSecp256k1VerificationKey2019"
+    assert method["id"] == "#atproto"
+
+
+async def test_auth_outcomes_with_tokens_from_the_reference_pds(settings, world):
+    admin, config = settings
+    async with running_service(config, admin) as client:
+        ok = await client.post(TRIGGER, {"type": "didSync", "did": world["bob"].did})
+        assert ok.status_code == 200, ok.text
+        assert ok.json()["operation"]["startedBy"] == world["alice"].did
+
+        anonymous = await client.http.post(f"/xrpc/{TRIGGER}", json={"type": "governanceSync"})
+        assert anonymous.status_code == 401
+        assert anonymous.json()["error"] == "AuthenticationRequired"
+
+        not_admin = await client.post(TRIGGER, {"type": "governanceSync"}, PdsAdmin(world["bob"]))
+        assert not_admin.status_code == 403
+        assert not_admin.json()["error"] == "AdminRequired"
+
+        other_method = await client.http.post(
+            f"/xrpc/{TRIGGER}",
+            json={"type": "governanceSync"},
+            headers={"authorization": f"Bearer {admin.token(STATUS)}"},
+        )
+        assert other_method.status_code == 401
+        assert "lxm" in other_method.json()["message"]
+        assert (await client.wait_finished(ok.json()["operation"]["id"]))["status"] == "completed"
+
+
+async def test_every_type_against_the_reference_servers(settings, atproto, world):
+    admin, config = settings
+    alice, gov = world["alice"], world["gov"]
+    async with running_service(config, admin) as client:
+        index = RecordIndex.reader_in(config.data_dir)
+
+        async def run(**params) -> dict:
+            op = await client.trigger(**params)
+            done = await client.wait_finished(op["id"], timeout=120)
+            assert done["status"] == "completed", done
+            return done
+
+        # didSync: alice's five pub.chive records (two submissions, two comments... and not
+        # her app.bsky post).
+        done = await run(type="didSync", did=alice.did)
+        assert done["recordsProcessed"] == 4
+        await index.open()
+        try:
+            # pdsScan: every repo the PDS lists; bob's comment and the governance graph too.
+            done = await run(type="pdsScan", pdsUrl=atproto.pds_url)
+            assert done["recordsProcessed"] == 4 + 1 + 4
+
+            async def indexed() -> bool:
+                return (await index.stats())["live"] == 9
+
+            await eventually(indexed, what="nine live records in the index")
+            cited = await index.get(world["cited"])
+            assert cited.did == alice.did and cited.value["title"] == CITED_TITLE
+
+            # freshnessScan: an update and a delete at the source.
+            _, new_cid = alice.put_record(
+                "pub.chive.review.comment",
+                "c1",
+                {
+                    "$type": "pub.chive.review.comment",
+                    "eprintUri": world["cited"],
+                    "body": "Convincing, on second reading too.",
+                    "createdAt": "2026-11-03T00:00:00.000Z",
+                },
+            )
+            alice.delete_record("pub.chive.review.comment", "c2")
+            done = await run(type="freshnessScan")
+            assert done["recordsDeleted"] == 1
+            c1 = f"at://{alice.did}/pub.chive.review.comment/c1"
+            c2 = f"at://{alice.did}/pub.chive.review.comment/c2"
+
+            async def fresh() -> bool:
+                one, two = await index.get(c1), await index.get(c2)
+                return one.cid == new_cid and two.deleted
+
+            await eventually(fresh, what="the update and the delete in the index")
+
+            # governanceSync: three valid graph records, the node without a label skipped.
+            done = await run(type="governanceSync")
+            assert done["recordsProcessed"] == 3
+            assert done["recordsSkipped"] == 1 and done["skipReasons"], done
+            assert (await index.get(f"at://{gov.did}/pub.chive.graph.node/n1")) is not None
+
+            # citationExtraction: the PDF blob from the PDS, its DOI reference matched.
+            done = await run(type="citationExtraction", uri=world["citing"])
+            assert done["recordsProcessed"] == 1 and done.get("recordsSkipped", 0) == 0, done
+
+            async def citations() -> list:
+                return await index.citations(world["citing"])
+
+            await eventually(citations, what="the extracted citations in the index")
+            shown = await citations()
+            assert shown[0]["chiveUri"] == world["cited"] and shown[0]["matchedBy"] == "doi"
+            assert len(shown) == 2
+        finally:
+            await index.close()
