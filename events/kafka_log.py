@@ -15,6 +15,7 @@ from aiokafka.errors import (
     ProducerFenced,
     UnknownProducerId,
 )
+from aiokafka.partitioner import murmur2
 
 from events.log import Entry, LogUnavailable, Message, PartitionsCallback, Position
 
@@ -98,6 +99,10 @@ class KafkaEventLog:
                     raise LogUnavailable(f"cannot create topic {name}: {code} {message}")
         finally:
             await admin.close()
+
+    def partition_of(self, key: str) -> int:
+        # The producer's default partitioner (Kafka's own: positive murmur2 modulo count).
+        return (murmur2(key.encode()) & 0x7FFFFFFF) % self.partitions
 
     async def append(self, topic: str, entries: Sequence[Entry]) -> list[Position]:
         producer = self._producer

@@ -80,6 +80,9 @@ class EventLog(Protocol):
     async def append(self, topic: str, entries: Sequence[Entry]) -> list[Position]:
         """Append durably (acks=all / committed transaction) and return each entry's position."""
 
+    def partition_of(self, key: str) -> int:
+        """The partition an entry with this key is appended to."""
+
     def reader(self, topic: str, start: dict[int, int] | None = None) -> Reader: ...
 
     def group_consumer(

@@ -47,6 +47,10 @@ class BackfillRequested(Event, tag="BackfillRequested", frozen=True):
     requested_by: str
     # Identity of a request for duplicate detection: type plus normalised parameters.
     dedupe_key: str
+    # The operation id was picked to land in the partition of dedupe_key, so every request
+    # with that key, and every event of those operations, is ordered in one partition
+    # (projections/operations.duplicate_of). False on requests from before that rule.
+    colocated: bool = False
 
 
 class BackfillStarted(Event, tag="BackfillStarted", frozen=True):
@@ -181,6 +185,16 @@ def new_event_id() -> str:
 
 def new_operation_id() -> str:
     return _ulid()
+
+
+def colocated_operation_id(dedupe_key: str, partition_of: Callable[[str], int]) -> str:
+    """A new operation id in the same partition as `dedupe_key` (one in `partitions` draws
+    hits it, so a handful of tries)."""
+    target = partition_of(dedupe_key)
+    while True:
+        op_id = _ulid()
+        if partition_of(op_id) == target:
+            return op_id
 
 
 _ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"

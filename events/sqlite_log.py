@@ -82,6 +82,9 @@ class SqliteEventLog:
                 )
         await self._write.commit()
 
+    def partition_of(self, key: str) -> int:
+        return partition_for(key, self.partitions)
+
     async def append(self, topic: str, entries: Sequence[Entry]) -> list[Position]:
         if self._write is None:
             raise LogUnavailable("event log is closed")

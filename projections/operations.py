@@ -9,6 +9,7 @@ changes again; `records_processed` only grows until the final count of a complet
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -39,6 +40,7 @@ class Operation(msgspec.Struct, kw_only=True):
     attempts: int = 0
     checkpoint: dict[str, Any] | None = None
     sources: list[str] = []
+    colocated: bool = False
 
     @property
     def finished(self) -> bool:
@@ -59,6 +61,7 @@ def fold(state: Operation | None, event: model.OperationEvent) -> Operation | No
             started_by=event.requested_by,
             dedupe_key=event.dedupe_key,
             updated_at=event.occurred_at,
+            colocated=event.colocated,
         )
     if state is None or state.finished:
         return state
@@ -97,6 +100,28 @@ def fold(state: Operation | None, event: model.OperationEvent) -> Operation | No
     return msgspec.structs.replace(state, **changes)
 
 
+def duplicate_of(
+    request: model.BackfillRequested, unfinished: Iterable[Operation]
+) -> Operation | None:
+    """The operation a request duplicates, if any: a co-located request whose dedupe key names
+    a co-located operation still running at this point of the log creates no operation of its
+    own; its id becomes another name of that one. Co-location puts every such request and
+    operation in one partition, so each API replica, the worker of that partition and an audit
+    replay, folding it in order, reach the same answer. Requests from before co-location
+    never count as duplicates, nor are they duplicated."""
+    if not request.colocated:
+        return None
+    for op in unfinished:
+        if (
+            op.colocated
+            and not op.finished
+            and op.dedupe_key == request.dedupe_key
+            and op.id != request.operation_id
+        ):
+            return op
+    return None
+
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS operations (
     id TEXT PRIMARY KEY, type TEXT NOT NULL, status TEXT NOT NULL,
@@ -105,6 +130,8 @@ CREATE TABLE IF NOT EXISTS operations (
 CREATE INDEX IF NOT EXISTS operations_newest ON operations (started_at DESC, id DESC);
 CREATE INDEX IF NOT EXISTS operations_dedupe ON operations (dedupe_key, status);
 CREATE TABLE IF NOT EXISTS applied_events (event_id TEXT PRIMARY KEY) WITHOUT ROWID;
+-- Ids of duplicate requests, each another name of the operation it duplicates.
+CREATE TABLE IF NOT EXISTS aliases (id TEXT PRIMARY KEY, operation_id TEXT NOT NULL) WITHOUT ROWID;
 """
 
 _encode = msgspec.json.Encoder().encode
@@ -149,6 +176,14 @@ class OperationsStore(tracking.TrackedStore):
                 op_id = event.operation_id
                 if op_id not in cache:
                     cache[op_id] = await self._load(op_id)
+                if cache[op_id] is None and isinstance(event, model.BackfillRequested):
+                    original = duplicate_of(event, await self._running(event.dedupe_key))
+                    if original is not None:
+                        await conn.execute(
+                            "INSERT OR IGNORE INTO aliases (id, operation_id) VALUES (?, ?)",
+                            (op_id, original.id),
+                        )
+                        continue
                 new = fold(cache[op_id], event)
                 if new is not None and new is not cache[op_id]:
                     cache[op_id] = new
@@ -172,16 +207,27 @@ class OperationsStore(tracking.TrackedStore):
         return _decode_operation(row[0]) if row else None
 
     async def get(self, op_id: str) -> Operation | None:
-        return await self._load(op_id)
-
-    async def find_running(self, dedupe_key: str) -> Operation | None:
+        """The operation, by its id or by the id of a request that duplicated it."""
+        op = await self._load(op_id)
+        if op is not None:
+            return op
         async with self.conn.execute(
-            "SELECT state FROM operations WHERE dedupe_key = ? AND status = 'running' "
-            "ORDER BY started_at DESC LIMIT 1",
-            (dedupe_key,),
+            "SELECT operation_id FROM aliases WHERE id = ?", (op_id,)
         ) as cur:
             row = await cur.fetchone()
-        return _decode_operation(row[0]) if row else None
+        return await self._load(row[0]) if row else None
+
+    async def _running(self, dedupe_key: str) -> list[Operation]:
+        async with self.conn.execute(
+            "SELECT state FROM operations WHERE dedupe_key = ? AND status = 'running' "
+            "ORDER BY started_at DESC, id DESC",
+            (dedupe_key,),
+        ) as cur:
+            return [_decode_operation(r[0]) for r in await cur.fetchall()]
+
+    async def find_running(self, dedupe_key: str) -> Operation | None:
+        running = await self._running(dedupe_key)
+        return running[0] if running else None
 
     async def list(
         self,
@@ -213,6 +259,11 @@ class OperationsStore(tracking.TrackedStore):
         ops = [_decode_operation(r[0]) for r in rows[:limit]]
         next_cursor = encode_cursor(ops[-1]) if len(rows) > limit else None
         return ops, next_cursor
+
+    async def aliases(self) -> dict[str, str]:
+        """Duplicate request id -> the operation it names."""
+        async with self.conn.execute("SELECT id, operation_id FROM aliases ORDER BY id") as cur:
+            return dict(await cur.fetchall())
 
     async def all(self) -> list[Operation]:
         async with self.conn.execute("SELECT state FROM operations ORDER BY id") as cur:

@@ -58,6 +58,8 @@ async def verify(event_log: EventLog, data_dir: Path) -> dict:
                     a = {o.id: msgspec.to_builtins(o) for o in await live.all()}
                     b = {o.id: msgspec.to_builtins(o) for o in await fresh.all()}
                     counts[name] = len(a)
+                    a |= {f"alias {k}": v for k, v in (await live.aliases()).items()}
+                    b |= {f"alias {k}": v for k, v in (await fresh.aliases()).items()}
                 else:
                     a = await live.snapshot()
                     b = await fresh.snapshot()

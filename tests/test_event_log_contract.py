@@ -51,6 +51,11 @@ async def test_append_returns_positions_and_same_key_same_partition(log):
         by_key.setdefault(entry.key, set()).add(pos.partition)
         assert 0 <= pos.partition < PARTITIONS
     assert all(len(parts) == 1 for parts in by_key.values())
+    # partition_of() says where a key lands, before anything is appended with it.
+    assert all(parts == {log.partition_of(key)} for key, parts in by_key.items())
+    keys = [f"some-key-{i}" for i in range(40)]
+    landed = await log.append(log.topic, [Entry(k, b"x", {}) for k in keys])
+    assert [p.partition for p in landed] == [log.partition_of(k) for k in keys]
 
 
 async def test_reader_sees_every_record_in_key_order_with_headers(log):

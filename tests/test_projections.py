@@ -275,3 +275,46 @@ async def _eprint_lifecycle(index: RecordIndex) -> None:
     await index.apply([gone], {0: 6})
     assert await index.search("granite") == []
     assert await index.citations(eprint) == []
+
+
+async def test_a_colocated_duplicate_request_names_the_running_operation(tmp_path):
+    """The log decides between identical requests: the first while it runs is the operation,
+    later ones are other names of it; once it finished, the next is a new operation."""
+
+    def request(op_id: str, t: int, colocated: bool = True) -> model.BackfillRequested:
+        return msgspec.structs.replace(_request(op_id, t), dedupe_key="same", colocated=colocated)
+
+    def done(op_id: str, t: int) -> model.BackfillCompleted:
+        return model.BackfillCompleted(
+            event_id=model.new_event_id(),
+            operation_id=op_id,
+            occurred_at=t,
+            backfill_type="didSync",
+            records_processed=1,
+        )
+
+    events = [
+        request("a", 1),
+        request("b", 2),  # duplicate of a
+        request("legacy", 3, colocated=False),  # from before co-location: never merged
+        done("a", 4),
+        request("c", 5),  # a finished: a new operation
+        request("d", 6),  # duplicate of c
+    ]
+    stores = []
+    for run in ("live", "replay"):
+        store = OperationsStore(tmp_path / f"{run}.db")
+        await store.open()
+        stores.append(store)
+        # The live store folds one event per batch, the replay all in one: same answer.
+        batches = [[e] for e in events] if run == "live" else [events]
+        for batch in batches:
+            await store.apply(batch, {})
+    for store in stores:
+        assert sorted(o.id for o in await store.all()) == ["a", "c", "legacy"]
+        assert (await store.get("b")).id == "a"
+        assert (await store.get("d")).id == "c"
+        assert (await store.get("a")).status == "completed"
+        assert (await store.find_running("same")).id in ("c", "legacy")
+        assert await store.aliases() == {"b": "a", "d": "c"}
+        await store.close()

@@ -69,14 +69,21 @@ class Api:
                 return {"operation": self._view(running)}
             event = model.new_event(
                 model.BackfillRequested,
-                model.new_operation_id(),
+                model.colocated_operation_id(key, self.event_log.partition_of),
                 backfill_type=kind,
                 params=params,
                 requested_by=call.caller.did,
                 dedupe_key=key,
+                colocated=True,
             )
             await self._append(event)
-        return {"operation": operation_view(fold(None, event))}
+        # Another replica may have taken an identical request a moment earlier: the log
+        # decides (projections/operations.duplicate_of) and this request's id names its
+        # operation then.
+        op = await self.store.get(event.operation_id)
+        return {
+            "operation": self._view(op) if op is not None else operation_view(fold(None, event))
+        }
 
     def _view(self, op) -> dict[str, Any]:
         return operation_view(op, model.now_ms(), self.stall_after_s * 1000)

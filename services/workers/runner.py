@@ -26,7 +26,7 @@ from events.log import (
     Message,
     append_patiently,
 )
-from projections.operations import Operation, fold
+from projections.operations import Operation, duplicate_of, fold
 from services.workers.context import (
     Cancelled,
     OperationFailed,
@@ -143,6 +143,12 @@ class WorkerService:
             return None
         tracked = self._ops.get(event.operation_id)
         before = tracked.op if tracked else None
+        if before is None and isinstance(event, model.BackfillRequested):
+            # Every operation a co-located request can duplicate is in this partition, and
+            # tracked here while unfinished: the same answer the projections reach.
+            mine = (t.op for t in self._ops.values() if t.partition == message.partition)
+            if duplicate_of(event, mine) is not None:
+                return None
         after = fold(before, event)
         if after is None:
             return None
