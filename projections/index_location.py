@@ -5,10 +5,22 @@ Without a pointer the index is `records.db`, as before fullReindex existed."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 POINTER = "records.current"
 DEFAULT = "records.db"
+# The only names an index file has: what a name read from the pointer or from the log must be
+# before it is opened or deleted, so neither can reach outside the data dir.
+_INDEX_NAME = re.compile(r"^records(-[0-9a-z]{1,64})?\.db$")
+
+
+def index_file(data_dir: Path, name: str) -> Path:
+    """`data_dir / name` for an index file name; ValueError for anything else (a path, `..`,
+    an absolute name)."""
+    if not _INDEX_NAME.match(name):
+        raise ValueError(f"not a record index file name: {name[:100]!r}")
+    return data_dir / name
 
 
 def active_path(data_dir: Path) -> Path:
@@ -16,7 +28,7 @@ def active_path(data_dir: Path) -> Path:
         name = (data_dir / POINTER).read_text().strip()
     except FileNotFoundError:
         name = DEFAULT
-    return data_dir / (name or DEFAULT)
+    return index_file(data_dir, name or DEFAULT)
 
 
 def pointer_stamp(data_dir: Path) -> tuple[int, int] | None:

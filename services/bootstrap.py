@@ -6,11 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
-
-import httpx
-import uvicorn
 
 from events import dlq, model
 from events.kafka_log import KafkaEventLog
@@ -20,10 +16,12 @@ from projections import index_location
 from projections.operations import OperationsStore
 from projections.records import RecordIndex
 from projections.runner import ProjectionRunner
-from services import keys
+from services import keys, outbound
+from services.api import http_server
 from services.api.app import Api, create_app
 from services.api.auth import ServiceAuth
 from services.api.lexicon import Lexicons
+from services.api.rate_limit import RateLimiter
 from services.identity import DidResolver
 from services.settings import Settings
 from services.workers import (
@@ -82,6 +80,14 @@ def local_admin_key(settings: Settings) -> keys.PrivateKey:
     return keys.load_or_create(settings.data_dir / "admin-key.pem")
 
 
+def fetch_policy(settings: Settings) -> outbound.Policy:
+    """What outbound fetches may reach: public https, plus the URLs the operator configured."""
+    return outbound.Policy.for_urls(
+        settings.allow_private_networks,
+        [settings.plc_url, settings.governance_pds_url, settings.grobid_url],
+    )
+
+
 def admin_dids(settings: Settings) -> frozenset[str]:
     """CHIVE_ADMIN_DIDS, or when unset the local admin key that `chive-backfill token` uses."""
     if settings.admin_dids:
@@ -98,32 +104,18 @@ async def run_api(
     store = OperationsStore(settings.data_dir / "api-operations.db")
     await store.open()
     projection = ProjectionRunner(event_log, store, "operations")
-    async with httpx.AsyncClient(follow_redirects=False) as http:
+    policy = fetch_policy(settings)
+    async with outbound.client(policy) as http:
         auth = ServiceAuth(
-            DidResolver(http, settings.plc_url), settings.service_did, admin_dids(settings)
+            DidResolver(http, policy, settings.plc_url), settings.service_did, admin_dids(settings)
         )
         # A write fails by the producer's own request timeout (the record is then dropped,
         # never sent late); the API's bound is a safety net just above it.
         append_timeout_s = settings.kafka_request_timeout_ms / 1000 + 2
         api = Api(event_log, store, projection, settings.stall_after_s, append_timeout_s)
-        app = create_app(api, Lexicons.load(), auth)
-        server = uvicorn.Server(
-            uvicorn.Config(
-                app,
-                host=settings.host,
-                port=settings.port,
-                lifespan="off",
-                log_level="warning",
-                access_log=False,
-            )
-        )
-        # Bound here, so a port in use is a clear error before anything else starts.
-        try:
-            sock = socket.create_server((settings.host, settings.port))
-        except OSError as exc:
-            raise RuntimeError(
-                f"API cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
-            ) from None
+        app = create_app(api, Lexicons.load(), auth, RateLimiter(settings.rate_limit_per_minute))
+        sock = http_server.listen(settings.host, settings.port)
+        server = http_server.server(app, settings.max_connections)
         tasks = [
             asyncio.create_task(projection.run(stop)),
             asyncio.create_task(server.serve(sockets=[sock])),
@@ -171,7 +163,8 @@ async def run_workers(
             "it runs inside `chive-backfill projector` (or `up`), not as a worker of its own"
         )
     async with contextlib.AsyncExitStack() as stack:
-        http = await stack.enter_async_context(httpx.AsyncClient(follow_redirects=True))
+        fetching = fetch_policy(settings)
+        http = await stack.enter_async_context(outbound.client(fetching))
         tasks: list[asyncio.Task] = []
         index = runner = None
         if READS_INDEX & set(types):
@@ -192,8 +185,8 @@ async def run_workers(
         policy = RetryPolicy(attempts=settings.source_attempts, timeout_s=settings.source_timeout_s)
         services = Services(
             event_log,
-            XrpcClient(http, policy),
-            DidResolver(http, settings.plc_url),
+            XrpcClient(http, fetching, policy),
+            DidResolver(http, fetching, settings.plc_url),
             governance_pds_url=settings.governance_pds_url,
             governance_did=settings.governance_did,
             index=index,

@@ -16,6 +16,7 @@ from events import model
 from events.log import read_to_end
 from projections import index_location
 from services import bootstrap, keys
+from services.api.auth import MAX_TOKEN_LIFETIME_S
 from services.settings import SettingsError, load
 
 METHODS = (
@@ -57,8 +58,24 @@ def _parser() -> argparse.ArgumentParser:
     dead.add_argument("action", choices=["list", "replay"])
     token = sub.add_parser("token", help="mint a service-auth JWT signed by the local admin key")
     token.add_argument("--lxm", default=None, help="method NSID (default: every admin method)")
-    token.add_argument("--ttl", type=int, default=3600, help="seconds the token is valid")
+    token.add_argument(
+        "--ttl",
+        type=_ttl,
+        default=60,
+        help=f"seconds the token is valid (default 60, as the reference PDS mints; "
+        f"at most {MAX_TOKEN_LIFETIME_S})",
+    )
     return parser
+
+
+def _ttl(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {raw!r}") from None
+    if not 1 <= value <= MAX_TOKEN_LIFETIME_S:
+        raise argparse.ArgumentTypeError(f"must be 1..{MAX_TOKEN_LIFETIME_S} seconds")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,6 +40,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     source_timeout_s: float = 15.0
     source_attempts: int = 5
     log_level: str = "INFO"
+    # Outbound fetches may reach loopback/private addresses and plain http (local development
+    # and tests only): services/outbound.py.
+    allow_private_networks: bool = False
+    # Requests per minute per client address on the XRPC endpoints (0: no limit).
+    rate_limit_per_minute: int = 600
+    # Connections the API serves at once; past it, new ones get 503.
+    max_connections: int = 1000
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
@@ -52,6 +59,19 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
         raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
     if not low <= value <= high:
         raise SettingsError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if not low <= value <= high:  # NaN fails this too
+        raise SettingsError(f"{name} must be between {low} and {high}, got {raw}")
     return value
 
 
@@ -111,7 +131,10 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         kafka_namespace=env.get("CHIVE_KAFKA_NAMESPACE", ""),
         kafka_request_timeout_ms=_int(env, "CHIVE_KAFKA_REQUEST_TIMEOUT_MS", 10_000, 500, 300_000),
         stall_after_s=_int(env, "CHIVE_STALL_AFTER_S", 120, 1, 86400 * 30),
-        source_timeout_s=_int(env, "CHIVE_SOURCE_TIMEOUT_S", 15, 1, 600),
+        source_timeout_s=_float(env, "CHIVE_SOURCE_TIMEOUT_S", 15.0, 0.1, 600.0),
         source_attempts=_int(env, "CHIVE_SOURCE_ATTEMPTS", 5, 1, 20),
         log_level=env.get("CHIVE_LOG_LEVEL", "INFO").upper(),
+        allow_private_networks=_bool(env, "CHIVE_ALLOW_PRIVATE_NETWORKS", False),
+        rate_limit_per_minute=_int(env, "CHIVE_RATE_LIMIT_PER_MINUTE", 600, 0, 10_000_000),
+        max_connections=_int(env, "CHIVE_MAX_CONNECTIONS", 1000, 1, 1_000_000),
     )

@@ -117,6 +117,10 @@ def settings_for(
         admin_dids=(admin.did,),
         plc_url=plc_url,
         partitions=3,
+        # Every test server listens on loopback over http; the outbound policy's defaults
+        # are tested with this off (test_hostile_input.py).
+        allow_private_networks=True,
+        rate_limit_per_minute=0,
     )
 
 
@@ -138,6 +142,8 @@ def service_env(
         "CHIVE_SERVICE_DID": SERVICE_DID,
         "CHIVE_PARTITIONS": "3",
         "CHIVE_LOG_LEVEL": "WARNING",
+        "CHIVE_ALLOW_PRIVATE_NETWORKS": "true",
+        "CHIVE_RATE_LIMIT_PER_MINUTE": "0",
     }
     env.update(extra)
     if admin is not None:

@@ -91,6 +91,8 @@ class Faults:
     stalls: dict[str, list[float]] = field(default_factory=dict)
     # listRecords never ends: every page has the same records and a fresh cursor.
     endless_cursor: bool = False
+    # listRecords answers this many records whatever the limit asked (repeating the repo's).
+    overfill: int = 0
 
 
 class FakePds:
@@ -241,6 +243,8 @@ class FakePds:
             )
         rkeys = sorted((k for k in records if cursor is None or k < cursor), reverse=True)
         page = rkeys[:limit]
+        if self.faults.overfill and page:
+            page = (page * self.faults.overfill)[: self.faults.overfill]
         body: dict[str, Any] = {
             "records": [
                 {

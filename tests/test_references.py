@@ -25,8 +25,8 @@ REFERENCES = [
 ]
 
 
-def test_reference_list_of_a_generated_pdf():
-    refs = references_from_text(pdf_text(paper_pdf("A paper", REFERENCES)))
+async def test_reference_list_of_a_generated_pdf():
+    refs = references_from_text(await pdf_text(paper_pdf("A paper", REFERENCES)))
     assert len(refs) == 4
     first, second, third, fourth = (r.citation for r in refs)
     assert first.doi == "10.1234/jtest.2021.045" and first.year == 2021
@@ -37,8 +37,8 @@ def test_reference_list_of_a_generated_pdf():
     assert fourth.title == "Quoted titles are titles too"
 
 
-def test_a_document_without_a_reference_list_has_no_references():
-    assert references_from_text(pdf_text(paper_pdf("No refs", []))) == []
+async def test_a_document_without_a_reference_list_has_no_references():
+    assert references_from_text(await pdf_text(paper_pdf("No refs", []))) == []
 
 
 def test_line_starting_with_a_year_is_not_a_new_entry():
@@ -46,11 +46,12 @@ def test_line_starting_with_a_year_is_not_a_new_entry():
     assert len(entries) == 2 and entries[0].endswith("2021. More.")
 
 
-def test_unreadable_pdfs_are_refused():
-    with pytest.raises(UnreadablePdf):
-        pdf_text(b"not a pdf at all")
-    with pytest.raises(UnreadablePdf):
-        pdf_text(b"%PDF-1.7\n garbage that is not a PDF body")
+async def test_unreadable_pdfs_are_refused():
+    with pytest.raises(UnreadablePdf, match="no %PDF- header"):
+        await pdf_text(b"not a pdf at all")
+    with pytest.raises(UnreadablePdf) as garbage:
+        await pdf_text(b"%PDF-1.7\n garbage that is not a PDF body")
+    assert "Traceback" not in str(garbage.value)
 
 
 def test_tei_from_grobid():

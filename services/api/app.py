@@ -19,6 +19,7 @@ from services.api import xrpc
 from services.api.auth import ServiceAuth
 from services.api.lexicon import Lexicons
 from services.api.params import backfill_params, dedupe_key
+from services.api.rate_limit import RateLimiter
 from services.api.views import operation_view
 from services.api.xrpc import Call, XrpcError, XrpcServer, invalid_request
 
@@ -134,9 +135,11 @@ class Api:
         return {"success": True}
 
 
-def create_app(api: Api, lexicons: Lexicons, auth: ServiceAuth) -> FastAPI:
+def create_app(
+    api: Api, lexicons: Lexicons, auth: ServiceAuth, limiter: RateLimiter | None = None
+) -> FastAPI:
     app = FastAPI(title="chive-backfill", docs_url=None, redoc_url=None, openapi_url=None)
-    server = XrpcServer(lexicons, auth.require_admin)
+    server = XrpcServer(lexicons, auth.require_admin, limiter or RateLimiter(0))
     server.method(TRIGGER, api.trigger)
     server.method(STATUS, api.status)
     server.method(HISTORY, api.history)

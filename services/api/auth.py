@@ -4,19 +4,32 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 
 from services import keys
 from services.api.formats import is_did
+from services.api.rate_limit import RateLimiter
 from services.api.xrpc import XrpcError
 from services.identity import DidNotFound, DidResolver, ResolutionError, signing_key_method
 
 _REJECTED_TYP = {"at+jwt", "refresh+jwt", "dpop+jwt"}
+# The longest-lived token accepted (the reference PDS mints 60 s tokens, at most an hour on
+# request), and how far ahead of our clock a token's `iat` may be.
+MAX_TOKEN_LIFETIME_S = 3600
+CLOCK_SKEW_S = 60
+# Fresh DID-document lookups (after a bad signature) one client address may cause per minute.
+FRESH_LOOKUPS_PER_CLIENT_PER_MINUTE = 10
 
 
 def _unauthenticated(message: str) -> XrpcError:
     return XrpcError(401, "AuthenticationRequired", message)
+
+
+def _is_number(value: object) -> bool:
+    # JSON parsing here accepts NaN and Infinity: neither is a time.
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -29,14 +42,19 @@ class ServiceAuth:
         self._resolver = resolver
         self._service_did = service_did
         self._admins = admins
+        self._fresh_lookups = RateLimiter(
+            FRESH_LOOKUPS_PER_CLIENT_PER_MINUTE, burst=FRESH_LOOKUPS_PER_CLIENT_PER_MINUTE
+        )
 
-    async def require_admin(self, authorization: str | None, lxm: str) -> Caller:
-        caller = await self.verify(authorization, lxm)
+    async def require_admin(
+        self, authorization: str | None, lxm: str, client: str = "unknown"
+    ) -> Caller:
+        caller = await self.verify(authorization, lxm, client)
         if caller.did not in self._admins:
             raise XrpcError(403, "AdminRequired", "This method requires an admin account")
         return caller
 
-    async def verify(self, authorization: str | None, lxm: str) -> Caller:
+    async def verify(self, authorization: str | None, lxm: str, client: str = "unknown") -> Caller:
         if not authorization:
             raise _unauthenticated("Authentication Required")
         scheme, _, token = authorization.partition(" ")
@@ -59,10 +77,16 @@ class ServiceAuth:
         iss, aud, exp = payload.get("iss"), payload.get("aud"), payload.get("exp")
         if not isinstance(iss, str) or not isinstance(aud, str):
             raise _unauthenticated("Poorly formatted jwt")
-        if not isinstance(exp, int | float) or isinstance(exp, bool):
+        if not _is_number(exp):
             raise _unauthenticated("Poorly formatted jwt: missing exp")
-        if time.time() > exp:
+        now = time.time()
+        if now > exp:
             raise _unauthenticated("jwt expired")
+        if exp > now + MAX_TOKEN_LIFETIME_S + CLOCK_SKEW_S:
+            raise _unauthenticated(f"jwt lifetime is over {MAX_TOKEN_LIFETIME_S} s")
+        iat = payload.get("iat")
+        if iat is not None and (not _is_number(iat) or iat > now + CLOCK_SKEW_S):
+            raise _unauthenticated("jwt issued in the future")
         if aud != self._service_did:
             raise _unauthenticated("jwt audience does not match service did")
         if "lxm" not in payload:
@@ -76,8 +100,9 @@ class ServiceAuth:
         alg = header.get("alg")
         key = await self._key(did, fresh=False)
         if key.curve.jwt_alg != alg or not key.verify(signature, signing_input):
-            # The issuer may have rotated its key since we cached its document: retry once.
-            if not did.startswith("did:key:"):
+            # The issuer may have rotated its key since we cached its document: retry once,
+            # within this client's budget of fresh lookups (anyone can send a bad signature).
+            if not did.startswith("did:key:") and self._fresh_lookups.take(client) is None:
                 key = await self._key(did, fresh=True)
             if key.curve.jwt_alg != alg:
                 raise _unauthenticated("jwt alg does not match the issuer's key type")

@@ -8,8 +8,10 @@ the response is validated against the lexicon before it leaves. Any unexpected e
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,10 +20,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from services.api.lexicon import LexiconError, Lexicons
+from services.api.rate_limit import RateLimiter
 
 log = logging.getLogger(__name__)
 
 JSON_LIMIT_BYTES = 100 * 1024
+# A body must arrive whole within this: a client trickling bytes cannot hold a handler.
+BODY_TIMEOUT_S = 10.0
 
 
 class XrpcError(Exception):
@@ -50,13 +55,15 @@ class Call:
 
 
 Handler = Callable[[Call], Awaitable[dict[str, Any]]]
-Authenticator = Callable[[str | None, str], Awaitable[Any]]
+# (authorization header, method NSID, client address) -> the caller
+Authenticator = Callable[[str | None, str, str], Awaitable[Any]]
 
 
 @dataclass
 class XrpcServer:
     lexicons: Lexicons
     authenticate: Authenticator | None
+    limiter: RateLimiter = field(default_factory=lambda: RateLimiter(0))
     handlers: dict[str, Handler] = field(default_factory=dict)
 
     def method(self, nsid: str, handler: Handler) -> None:
@@ -65,15 +72,21 @@ class XrpcServer:
         self.handlers[nsid] = handler
 
     async def dispatch(self, request: Request, nsid: str) -> Response:
+        client = request.client.host if request.client else "unknown"
+        wait = self.limiter.take(client)
+        if wait is not None:
+            response = error_response(429, "RateLimitExceeded", "Rate Limit Exceeded")
+            response.headers["retry-after"] = str(max(1, math.ceil(wait)))
+            return response
         try:
-            return await self._dispatch(request, nsid)
+            return await self._dispatch(request, nsid, client)
         except XrpcError as exc:
             return error_response(exc.status, exc.error, exc.message)
         except Exception:
             log.exception("unhandled error in %s", nsid)
             return error_response(500, "InternalServerError", "Internal Server Error")
 
-    async def _dispatch(self, request: Request, nsid: str) -> Response:
+    async def _dispatch(self, request: Request, nsid: str, client: str) -> Response:
         handler = self.handlers.get(nsid)
         spec = self.lexicons.main(nsid)
         if handler is None or spec is None:
@@ -90,7 +103,7 @@ class XrpcServer:
             raise invalid_request(str(exc)) from None
         caller = None
         if self.authenticate is not None:
-            caller = await self.authenticate(request.headers.get("authorization"), nsid)
+            caller = await self.authenticate(request.headers.get("authorization"), nsid, client)
         body, raw = None, {}
         if spec["type"] == "procedure" and "input" in spec:
             raw = await _read_json(request)
@@ -113,11 +126,15 @@ async def _read_json(request: Request) -> Any:
     if length is not None and length.isdigit() and int(length) > JSON_LIMIT_BYTES:
         raise XrpcError(413, "PayloadTooLarge", "request entity too large")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > JSON_LIMIT_BYTES:
-            raise XrpcError(413, "PayloadTooLarge", "request entity too large")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT_S):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > JSON_LIMIT_BYTES:
+                    raise XrpcError(413, "PayloadTooLarge", "request entity too large")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise invalid_request(f"Request body not received within {BODY_TIMEOUT_S:.0f} s") from None
     data = b"".join(chunks)
     if not data:
         raise invalid_request("Request encoding (Content-Type) required but not provided")

@@ -15,6 +15,7 @@ gone or unreadable, or on an unreachable PDS is counted in recordsSkipped with t
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import msgspec
 
@@ -40,6 +41,8 @@ from services.workers.references import (
 )
 from services.workers.repo_scan import get_record
 from services.workers.xrpc_client import SourceUnavailable, XrpcCallError
+
+log = logging.getLogger(__name__)
 
 PAGE = 16
 CONCURRENCY = 4
@@ -133,9 +136,9 @@ async def extract(
             tei = await grobid.references(data)
             references = parse_tei(tei) if tei else []
         else:
-            text = await asyncio.to_thread(pdf_text, data)
-            references = references_from_text(text)
-    except (GrobidRejected, UnreadablePdf, UnreadableReferences):
+            references = references_from_text(await pdf_text(data))
+    except (GrobidRejected, UnreadablePdf, UnreadableReferences) as exc:
+        log.info("%s: %s is unreadable: %s", ctx.operation_id, record.uri, exc)
         return "unreadable document", None
     except GrobidUnavailable as exc:
         raise OperationFailed(str(exc)) from exc

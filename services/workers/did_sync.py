@@ -23,6 +23,7 @@ class Checkpoint(msgspec.Struct):
     position: RepoPosition = RepoPosition()
     count: int = 0
     skipped: int = 0
+    reasons: dict[str, int] = {}
     pds_url: str | None = None
 
 
@@ -35,6 +36,8 @@ async def run(ctx: WorkContext) -> Outcome:
         await ctx.emit_records(events)
         state.count += len(events)
         state.skipped += len(skipped)
+        for reason in skipped:
+            state.reasons[reason] = state.reasons.get(reason, 0) + 1
         state.position = position
         state.pds_url = pds_url
         await ctx.progress(state.count, to_checkpoint(state))
@@ -53,7 +56,12 @@ async def run(ctx: WorkContext) -> Outcome:
         raise OperationFailed(f"PDS {pds_url} unreachable: {exc}") from exc
     except XrpcCallError as exc:
         raise OperationFailed(f"PDS {pds_url} refused {did}: {exc.error}") from exc
-    return Outcome(records_processed=state.count, records_skipped=state.skipped, sources=[pds_url])
+    return Outcome(
+        records_processed=state.count,
+        records_skipped=state.skipped,
+        skip_reasons=state.reasons,
+        sources=[pds_url],
+    )
 
 
 async def _find_pds(ctx: WorkContext, did: str) -> str:

@@ -46,7 +46,8 @@ async def run(ctx: WorkContext) -> Outcome:
             # Switched already, then the process died before the operation completed.
             replaced = (ctx.checkpoint or {}).get("replacing")
             if replaced and replaced != target.name:
-                index_location.remove(data_dir / replaced)
+                # A name from the log: only ever an index file of this data dir.
+                index_location.remove(index_location.index_file(data_dir, replaced))
             folded = _count(await live.positions())
             return Outcome(records_processed=folded, total_records=folded)
         # What the live index has folded when the rebuild starts: known up front, and what

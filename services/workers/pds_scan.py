@@ -47,6 +47,7 @@ class Checkpoint(msgspec.Struct):
     done: list[str] = []
     count: int = 0
     skipped: int = 0
+    reasons: dict[str, int] = {}
     unreachable: list[str] = []
 
 
@@ -75,7 +76,10 @@ async def run(ctx: WorkContext) -> Outcome:
     if state.unreachable:
         raise OperationFailed("PDS unreachable: " + "; ".join(state.unreachable))
     return Outcome(
-        records_processed=state.count, records_skipped=state.skipped, sources=list(state.pds_urls)
+        records_processed=state.count,
+        records_skipped=state.skipped,
+        skip_reasons=state.reasons,
+        sources=list(state.pds_urls),
     )
 
 
@@ -91,6 +95,10 @@ async def _scan_pds(ctx, pds_url, state: Checkpoint, in_flight, report) -> None:
             {"limit": REPOS_PAGE, "cursor": state.page_cursor},
             ListRepos,
         )
+        if len(page.repos) > REPOS_PAGE:
+            raise SourceUnavailable(
+                f"{pds_url} answered {len(page.repos)} repos for a page of {REPOS_PAGE}"
+            )
         if page.repos and page.cursor is not None and page.cursor == state.page_cursor:
             raise SourceUnavailable(f"{pds_url} returned the same listRepos cursor twice")
         pages += 1
@@ -104,13 +112,12 @@ async def _scan_pds(ctx, pds_url, state: Checkpoint, in_flight, report) -> None:
                 ctx.check_cancelled()
                 in_flight[did] = 0
 
-                skipped = 0
+                skipped: list[str] = []
 
                 async def on_page(events, _position: RepoPosition, invalid: list[str]) -> None:
-                    nonlocal skipped
                     await ctx.emit_records(events)
                     in_flight[did] += len(events)
-                    skipped += len(invalid)
+                    skipped.extend(invalid)
                     await report()
 
                 try:
@@ -127,7 +134,9 @@ async def _scan_pds(ctx, pds_url, state: Checkpoint, in_flight, report) -> None:
                     # Taken down, deactivated or deleted since listRepos: nothing to index.
                     pass
                 state.count += in_flight.pop(did)
-                state.skipped += skipped
+                state.skipped += len(skipped)
+                for reason in skipped:
+                    state.reasons[reason] = state.reasons.get(reason, 0) + 1
                 state.done.append(did)
                 await report()
 

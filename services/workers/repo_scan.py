@@ -11,11 +11,15 @@ from collections.abc import Awaitable, Callable
 import msgspec
 
 from events import model
+from services import outbound
 from services.api.formats import parse_at_uri
 from services.workers.xrpc_client import SourceUnavailable, XrpcClient
 
 CHIVE_PREFIX = "pub.chive."
 PAGE_SIZE = 100
+# A record value larger than this is not indexed (skipped with a reason): the log and the
+# index must not take whatever size a PDS serves.
+MAX_RECORD_VALUE_BYTES = 1024 * 1024
 
 
 class DescribeRepo(msgspec.Struct):
@@ -48,6 +52,7 @@ async def get_record(
         "com.atproto.repo.getRecord",
         {"repo": did, "collection": collection, "rkey": rkey},
         FetchedRecord,
+        max_bytes=outbound.RECORD_BYTES,
     )
 
 
@@ -98,6 +103,10 @@ async def scan_repo(
             ListRecords,
         )
         pages += 1
+        if len(page.records) > PAGE_SIZE:
+            raise SourceUnavailable(
+                f"{pds_url} answered {len(page.records)} records for a page of {PAGE_SIZE}"
+            )
         if page.records:
             if page.cursor is not None and page.cursor == position.cursor:
                 raise SourceUnavailable(
@@ -139,6 +148,8 @@ def _invalid(record: ListedRecord, did: str, collection: str) -> str | None:
         return "uri does not name a record of this repo and collection"
     if not bytes(record.value).lstrip().startswith(b"{"):
         return "value is not an object"
+    if len(record.value) > MAX_RECORD_VALUE_BYTES:
+        return f"value is larger than {MAX_RECORD_VALUE_BYTES} bytes"
     return None
 
 

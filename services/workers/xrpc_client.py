@@ -17,7 +17,10 @@ from typing import Any, TypeVar
 import httpx
 import msgspec
 
+from services import outbound
+
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 class SourceUnavailable(RuntimeError):
@@ -47,47 +50,73 @@ class RetryPolicy:
 
 
 class XrpcClient:
-    def __init__(self, http: httpx.AsyncClient, policy: RetryPolicy | None = None) -> None:
+    """Calls under the outbound fetch policy: each response kind has its byte cap, each
+    request a total deadline (`RetryPolicy.timeout_s`), and no redirect is followed."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        fetch_policy: outbound.Policy,
+        policy: RetryPolicy | None = None,
+    ) -> None:
         self._http = http
+        self._fetch_policy = fetch_policy
         self.policy = policy or RetryPolicy()
 
-    async def query(self, base_url: str, nsid: str, params: dict[str, Any], into: type[T]) -> T:
+    async def query(
+        self,
+        base_url: str,
+        nsid: str,
+        params: dict[str, Any],
+        into: type[T],
+        max_bytes: int = outbound.PAGE_BYTES,
+    ) -> T:
         url = f"{base_url.rstrip('/')}/xrpc/{nsid}"
         query = {k: v for k, v in params.items() if v is not None}
-        return await self.get(url, query, into)
+        return await self.get(url, query, into, max_bytes)
 
-    async def get(self, url: str, params: dict[str, Any], into: type[T]) -> T:
-        return await self._get(url, params, lambda r: msgspec.json.decode(r.content, type=into))
+    async def get(
+        self, url: str, params: dict[str, Any], into: type[T], max_bytes: int = outbound.PAGE_BYTES
+    ) -> T:
+        return await self._get(url, params, max_bytes, lambda b: msgspec.json.decode(b, type=into))
 
     async def blob(self, base_url: str, did: str, cid: str, max_bytes: int) -> bytes:
-        """com.atproto.sync.getBlob; XrpcCallError("BlobTooLarge") past max_bytes."""
+        """com.atproto.sync.getBlob; XrpcCallError("BlobTooLarge") past max_bytes (counted as
+        it streams in, never after the whole download)."""
         url = f"{base_url.rstrip('/')}/xrpc/com.atproto.sync.getBlob"
-
-        def body(response: httpx.Response) -> bytes:
-            if len(response.content) > max_bytes:
-                raise XrpcCallError(url, 200, "BlobTooLarge", f"over {max_bytes} bytes")
-            return response.content
-
-        return await self._get(url, {"did": did, "cid": cid}, body)
+        try:
+            return await self._get(url, {"did": did, "cid": cid}, max_bytes, lambda b: b)
+        except XrpcCallError as exc:
+            if exc.error != "ResponseTooLarge":
+                raise
+            raise XrpcCallError(url, 200, "BlobTooLarge", f"over {max_bytes} bytes") from None
 
     async def _get(
-        self, url: str, params: dict[str, Any], parse: Callable[[httpx.Response], T]
+        self, url: str, params: dict[str, Any], max_bytes: int, parse: Callable[[bytes], T]
     ) -> T:
         async def attempt() -> T:
-            response = await request(self._http.get(url, params=params, timeout=timeout))
-            status = response.status_code
+            response = await request(
+                outbound.fetch(
+                    self._http,
+                    self._fetch_policy,
+                    url,
+                    params=params,
+                    max_bytes=max_bytes,
+                    deadline_s=self.policy.timeout_s,
+                )
+            )
+            status = response.status
             if status == 200:
                 try:
-                    return parse(response)
+                    return parse(response.body)
                 except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                     raise Retry(f"unexpected response body: {exc}") from exc
             if status == 429 or status >= 500:
                 cap = self.policy.max_retry_after_s
-                raise Retry(f"HTTP {status}", _retry_after(response, cap))
+                raise Retry(f"HTTP {status}", _retry_after(response.headers, cap))
             error, message = _error_body(response)
             raise XrpcCallError(url, status, error, message)
 
-        timeout = self.policy.timeout_s
         return await retrying(self.policy, attempt, url)
 
 
@@ -99,10 +128,18 @@ class Retry(Exception):
         self.retry_after = retry_after
 
 
-async def request(sending: Awaitable[httpx.Response]) -> httpx.Response:
-    """The response, or Retry when the request did not get one (connection, timeout)."""
+async def request(sending: Awaitable[R]) -> R:
+    """The response, or Retry when the request did not get one (connection, timeout). A
+    refusal by the fetch policy is final: SourceUnavailable at once, never retried."""
     try:
         return await sending
+    except outbound.ResponseTooLarge as exc:
+        # An answer, just too big: final, like an XRPC error (never retried).
+        raise XrpcCallError("", 200, "ResponseTooLarge", str(exc)) from None
+    except outbound.FetchRefused as exc:
+        raise SourceUnavailable(f"refused by the outbound fetch policy: {exc}") from None
+    except TimeoutError:
+        raise Retry("no complete answer within the request deadline") from None
     except httpx.HTTPError as exc:
         raise Retry(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
 
@@ -121,8 +158,8 @@ async def retrying(policy: RetryPolicy, attempt: Callable[[], Awaitable[T]], wha
     raise SourceUnavailable(f"{what} failed after {policy.attempts} attempts: {last}")
 
 
-def _retry_after(response: httpx.Response, cap: float) -> float | None:
-    value = response.headers.get("retry-after")
+def _retry_after(headers: httpx.Headers, cap: float) -> float | None:
+    value = headers.get("retry-after")
     if value is None:
         return None
     try:
@@ -131,9 +168,14 @@ def _retry_after(response: httpx.Response, cap: float) -> float | None:
         return None
 
 
-def _error_body(response: httpx.Response) -> tuple[str, str]:
+def _error_body(response: outbound.Fetched) -> tuple[str, str]:
+    """The XRPC error name and message; nothing of a body that is not an XRPC error (it could
+    be anything a server answers, and it ends up in an operation's error)."""
     try:
-        body = response.json()
-        return str(body.get("error", "Error")), str(body.get("message", ""))
-    except (ValueError, AttributeError):
-        return f"HTTP{response.status_code}", response.text[:200]
+        body = msgspec.json.decode(response.body)
+        error, message = body.get("error", "Error"), body.get("message", "")
+    except (msgspec.DecodeError, AttributeError):
+        return f"HTTP{response.status}", ""
+    if not isinstance(error, str) or not isinstance(message, str):
+        return f"HTTP{response.status}", ""
+    return error[:100], message[:200]
