@@ -263,9 +263,7 @@ async def test_oversized_pages_and_records(tmp_path, plc, fresh_pds, unique):
     fresh_pds.faults.overfill = 150  # a listRecords page with more records than asked for
     settings = settings_for(tmp_path / "data", admin, plc.url)
     async with running_service(settings, admin) as client:
-        done = await client.wait_finished(
-            (await client.trigger(type="didSync", did=crowded))["id"]
-        )
+        done = await client.wait_finished((await client.trigger(type="didSync", did=crowded))["id"])
         assert done["status"] == "failed" and "for a page of 100" in done["error"], done
         fresh_pds.faults.overfill = 0
         done = await client.wait_finished((await client.trigger(type="didSync", did=big))["id"])
@@ -498,4 +496,27 @@ def test_httpx_is_not_used_directly_for_outbound_fetches():
         if "httpx.AsyncClient(" in p.read_text() and p.name != "outbound.py"
     ]
     assert offenders == []
-    assert httpx  # imported for the type of the clients above
+
+
+async def test_connections_past_the_cap_get_an_xrpc_503(tmp_path, plc):
+    admin = Admin()
+    settings = msgspec.structs.replace(
+        hostile_settings(tmp_path, admin, plc.url), max_connections=3
+    )
+    async with running_service(settings, admin) as client:
+        port = int(client.base_url.rsplit(":", 1)[1])
+        idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+        try:
+            async with httpx.AsyncClient() as fresh:
+                response = await fresh.get(f"{client.base_url}/xrpc/_health")
+            assert response.status_code == 503
+            assert response.json()["error"] == "NotEnoughResources"
+        finally:
+            for _, writer in idle:
+                writer.close()
+
+        async def served() -> bool:
+            async with httpx.AsyncClient() as fresh:
+                return (await fresh.get(f"{client.base_url}/xrpc/_health")).status_code == 200
+
+        await eventually(served, what="service again once the idle connections closed")

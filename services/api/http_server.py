@@ -1,11 +1,13 @@
 """The API's HTTP server: uvicorn with the limits a public endpoint needs. A connection gets
 a fixed time to send a request's headers (counted from when it opened or its last response
 ended, so trickling bytes does not extend it), idle keep-alive connections close quickly,
-headers are size-bounded, and past `max_connections` new connections get 503."""
+headers are size-bounded, and past `max_connections` open connections a new one gets an XRPC
+503 `NotEnoughResources` and is closed."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 
 import uvicorn
@@ -17,13 +19,30 @@ KEEP_ALIVE_S = 5
 MAX_HEADER_BYTES = 16 * 1024
 
 
-class _HeaderDeadlineH11(H11Protocol):
-    """uvicorn's h11 protocol, plus a deadline for each request's headers."""
+_OVERLOADED_BODY = json.dumps(
+    {"error": "NotEnoughResources", "message": "Too many connections; try again shortly"}
+).encode()
+_OVERLOADED = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+    b"retry-after: 1\r\nconnection: close\r\n"
+    + f"content-length: {len(_OVERLOADED_BODY)}\r\n\r\n".encode()
+    + _OVERLOADED_BODY
+)
 
+
+class _GuardedH11(H11Protocol):
+    """uvicorn's h11 protocol, plus a deadline for each request's headers and a cap on open
+    connections."""
+
+    max_connections = 1000
     _deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
+        if len(self.connections) > self.max_connections:
+            transport.write(_OVERLOADED)
+            transport.close()
+            return
         self._arm()
 
     def connection_lost(self, exc) -> None:
@@ -56,14 +75,14 @@ class _HeaderDeadlineH11(H11Protocol):
 
 
 def server(app: FastAPI, max_connections: int) -> uvicorn.Server:
+    protocol = type("GuardedH11", (_GuardedH11,), {"max_connections": max_connections})
     return uvicorn.Server(
         uvicorn.Config(
             app,
-            http=_HeaderDeadlineH11,
+            http=protocol,
             lifespan="off",
             log_level="warning",
             access_log=False,
-            limit_concurrency=max_connections,
             timeout_keep_alive=KEEP_ALIVE_S,
             h11_max_incomplete_event_size=MAX_HEADER_BYTES,
             server_header=False,

@@ -18,6 +18,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.api.lexicon import LexiconError, Lexicons
 from services.api.rate_limit import RateLimiter
@@ -156,6 +157,16 @@ def mount(app: FastAPI, server: XrpcServer) -> None:
     async def route(request: Request, nsid: str) -> Response:
         return await server.dispatch(request, nsid)
 
+    async def not_routed(request: Request, exc: StarletteHTTPException) -> Response:
+        # Whatever no route serves still answers an XRPC error body: under /xrpc/ (an empty
+        # or nested method name) as an unknown method does, elsewhere as not found.
+        if request.url.path.startswith("/xrpc/") and exc.status_code in (404, 405):
+            return error_response(501, "MethodNotImplemented", "Method Not Implemented")
+        name = {404: "NotFound", 405: "InvalidRequest"}.get(exc.status_code, "InvalidRequest")
+        status = exc.status_code if exc.status_code < 500 else 400
+        return error_response(status, name, str(exc.detail))
+
+    app.add_exception_handler(StarletteHTTPException, not_routed)
     app.add_api_route("/xrpc/_health", health, methods=["GET"])
     app.add_api_route(
         "/xrpc/{nsid}", route, methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"]
