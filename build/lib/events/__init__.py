@@ -1,1 +1,0 @@
-"""Event model and event-log port/adapters of chive-backfill."""
