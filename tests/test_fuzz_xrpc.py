@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from events import model
 from tests.broker import free_port
 from tests.harness import Admin, ServiceProcess, service_env
 from tests.servers import wait_until
@@ -23,16 +24,7 @@ METHODS = [
     "pub.chive.admin.cancelBackfill",
 ]
 PARAMS = ["id", "status", "type", "limit", "cursor", "did", "uri", "pdsUrl", "batchSize"]
-TYPES = [
-    "pdsScan",
-    "freshnessScan",
-    "citationExtraction",
-    "fullReindex",
-    "governanceSync",
-    "didSync",
-    "nope",
-    "",
-]
+TYPES = [*model.BACKFILL_TYPES, "nope", ""]
 STATUS_OF = {
     "InvalidRequest": 400,
     "InvalidBackfillType": 400,
