@@ -520,3 +520,29 @@ async def test_connections_past_the_cap_get_an_xrpc_503(tmp_path, plc):
                 return (await fresh.get(f"{client.base_url}/xrpc/_health")).status_code == 200
 
         await eventually(served, what="service again once the idle connections closed")
+
+
+async def test_the_did_cache_is_bounded_in_bytes(monkeypatch, unique):
+    from services import identity
+
+    monkeypatch.setattr(identity, "MAX_CACHE_BYTES", 250 * 1024)
+
+    def document(line: str) -> Reply:
+        did = line.split(" ")[1].lstrip("/")
+        return Reply(200, json.dumps({"id": did, "padding": "x" * 100 * 1024}).encode())
+
+    plc_like = HostileServer({"/": document}).start()
+    try:
+        async with outbound.client(LOOPBACK_OK) as http:
+            resolver = DidResolver(http, LOOPBACK_OK, plc_like.url)
+            for i in range(6):
+                await resolver.resolve(f"did:plc:big{unique}{i}")
+            assert len(resolver._cache) == 2
+            assert resolver._cache_bytes <= 250 * 1024
+            # The newest stay; the oldest were evicted and cost a fetch again.
+            await resolver.resolve(f"did:plc:big{unique}5")
+            assert plc_like.connections == 6
+            await resolver.resolve(f"did:plc:big{unique}0")
+            assert plc_like.connections == 7
+    finally:
+        plc_like.stop()
