@@ -34,6 +34,7 @@ from services.workers import (
 )
 from services.workers.context import Services
 from services.workers.grobid import Grobid
+from services.workers.pdf_text import PdfTextPool
 from services.workers.runner import Handler, WorkerService
 from services.workers.xrpc_client import RetryPolicy, XrpcClient
 
@@ -183,6 +184,10 @@ async def run_workers(
             if own_replica:
                 tasks.append(asyncio.create_task(runner.run(stop), name="worker-records"))
         policy = RetryPolicy(attempts=settings.source_attempts, timeout_s=settings.source_timeout_s)
+        pdf = None
+        if "citationExtraction" in types and not settings.grobid_url:
+            pdf = PdfTextPool()
+            stack.push_async_callback(pdf.close)
         services = Services(
             event_log,
             XrpcClient(http, fetching, policy),
@@ -194,6 +199,7 @@ async def run_workers(
             projector=index_runner,
             data_dir=settings.data_dir,
             grobid=Grobid(http, settings.grobid_url, policy) if settings.grobid_url else None,
+            pdf=pdf,
         )
         workers = [WorkerService(t, HANDLERS[t], services) for t in types]
         tasks += [

@@ -23,7 +23,7 @@ from services import keys, outbound
 from services.api import http_server
 from services.identity import DidNotFound, DidResolver, did_web_url
 from services.workers import pdf_text as pdf_text_module
-from services.workers.pdf_text import UnreadablePdf, pdf_text
+from services.workers.pdf_text import PdfTextPool, UnreadablePdf
 from services.workers.xrpc_client import RetryPolicy, SourceUnavailable, XrpcClient
 from tests.conftest import eventually
 from tests.documents import paper_pdf
@@ -400,27 +400,39 @@ async def test_a_trickled_body_is_refused(tmp_path, plc, monkeypatch):
 
 # -- documents ---------------------------------------------------------------------------
 async def test_pdf_extraction_is_killed_past_its_deadline(monkeypatch):
-    monkeypatch.setattr(pdf_text_module, "WALL_SECONDS", 0.05)
-    with pytest.raises(UnreadablePdf, match="longer than"):
-        await pdf_text(paper_pdf("A paper", ["A. B. Title. 2020."]))
+    monkeypatch.setattr(pdf_text_module, "WALL_SECONDS", 0.01)
+    pool = PdfTextPool(size=1)
+    try:
+        with pytest.raises(UnreadablePdf, match="longer than"):
+            await pool.text(paper_pdf("A paper", ["A. B. Title. 2020."] * 200))
+        monkeypatch.setattr(pdf_text_module, "WALL_SECONDS", 30.0)
+        # The killed child is replaced: the next document is read by a new one.
+        assert "A paper" in await pool.text(paper_pdf("A paper", []))
+        assert pool.started == 2
+    finally:
+        await pool.close()
 
 
-async def test_a_cancelled_extraction_leaves_no_process(monkeypatch):
-    spawned = []
-    real = asyncio.create_subprocess_exec
+async def test_a_document_over_its_cpu_budget_ends_its_child(monkeypatch):
+    """The CPU budget is the kernel's: a child over it is ended, and replaced."""
+    monkeypatch.setattr(pdf_text_module, "CPU_SECONDS", 0)
+    pool = PdfTextPool(size=1)
+    try:
+        with pytest.raises(UnreadablePdf, match=r"signal \d+ \(CPU or memory limit\)"):
+            await pool.text(paper_pdf("Spin", ["A. B. Title. 2020."] * 2000))
+    finally:
+        await pool.close()
 
-    async def spy(*args, **kwargs):
-        proc = await real(*args, **kwargs)
-        spawned.append(proc)
-        return proc
 
-    monkeypatch.setattr(asyncio, "create_subprocess_exec", spy)
-    task = asyncio.create_task(pdf_text(paper_pdf("A paper", ["A. B. Title. 2020."] * 50)))
-    await eventually(lambda: bool(spawned), what="the extraction process")
+async def test_a_cancelled_extraction_leaves_no_process():
+    pool = PdfTextPool(size=1)
+    task = asyncio.create_task(pool.text(paper_pdf("A paper", ["A. B. Title. 2020."] * 500)))
+    await eventually(lambda: pool.started == 1, what="the extraction process")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert spawned[0].returncode is not None, "the child still runs"
+    assert pool._idle == [], "a cancelled child went back to the pool"
+    await pool.close()
 
 
 # -- smaller holes -----------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from projections import eprints
-from services.workers.pdf_text import UnreadablePdf, pdf_text
+from services.workers.pdf_text import PdfTextPool, UnreadablePdf
 from services.workers.references import (
     UnreadableReferences,
     parse_tei,
@@ -25,8 +25,15 @@ REFERENCES = [
 ]
 
 
-async def test_reference_list_of_a_generated_pdf():
-    refs = references_from_text(await pdf_text(paper_pdf("A paper", REFERENCES)))
+@pytest.fixture
+async def pdf():
+    pool = PdfTextPool()
+    yield pool
+    await pool.close()
+
+
+async def test_reference_list_of_a_generated_pdf(pdf):
+    refs = references_from_text(await pdf.text(paper_pdf("A paper", REFERENCES)))
     assert len(refs) == 4
     first, second, third, fourth = (r.citation for r in refs)
     assert first.doi == "10.1234/jtest.2021.045" and first.year == 2021
@@ -37,8 +44,8 @@ async def test_reference_list_of_a_generated_pdf():
     assert fourth.title == "Quoted titles are titles too"
 
 
-async def test_a_document_without_a_reference_list_has_no_references():
-    assert references_from_text(await pdf_text(paper_pdf("No refs", []))) == []
+async def test_a_document_without_a_reference_list_has_no_references(pdf):
+    assert references_from_text(await pdf.text(paper_pdf("No refs", []))) == []
 
 
 def test_line_starting_with_a_year_is_not_a_new_entry():
@@ -46,11 +53,11 @@ def test_line_starting_with_a_year_is_not_a_new_entry():
     assert len(entries) == 2 and entries[0].endswith("2021. More.")
 
 
-async def test_unreadable_pdfs_are_refused():
+async def test_unreadable_pdfs_are_refused(pdf):
     with pytest.raises(UnreadablePdf, match="no %PDF- header"):
-        await pdf_text(b"not a pdf at all")
+        await pdf.text(b"not a pdf at all")
     with pytest.raises(UnreadablePdf) as garbage:
-        await pdf_text(b"%PDF-1.7\n garbage that is not a PDF body")
+        await pdf.text(b"%PDF-1.7\n garbage that is not a PDF body")
     assert "Traceback" not in str(garbage.value)
 
 

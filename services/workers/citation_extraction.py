@@ -32,7 +32,7 @@ from services.workers.context import (
     to_checkpoint,
 )
 from services.workers.grobid import GrobidRejected, GrobidUnavailable
-from services.workers.pdf_text import UnreadablePdf, pdf_text
+from services.workers.pdf_text import UnreadablePdf
 from services.workers.references import (
     ParsedReference,
     UnreadableReferences,
@@ -136,7 +136,8 @@ async def extract(
             tei = await grobid.references(data)
             references = parse_tei(tei) if tei else []
         else:
-            references = references_from_text(await pdf_text(data))
+            assert ctx.services.pdf is not None, "no GROBID and no PDF text pool"
+            references = references_from_text(await ctx.services.pdf.text(data))
     except (GrobidRejected, UnreadablePdf, UnreadableReferences) as exc:
         log.info("%s: %s is unreadable: %s", ctx.operation_id, record.uri, exc)
         return "unreadable document", None

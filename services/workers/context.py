@@ -22,6 +22,7 @@ from projections.records import RecordIndex
 from projections.runner import ProjectionRunner
 from services.identity import DidNotFound, DidResolver, ResolutionError, pds_endpoint
 from services.workers.grobid import Grobid
+from services.workers.pdf_text import PdfTextPool
 from services.workers.xrpc_client import XrpcClient
 
 PROGRESS_INTERVAL_S = 2.0
@@ -65,8 +66,9 @@ class Services:
     data_dir: Path | None = None
     # One index rebuild at a time per process.
     reindex_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    # GROBID for citationExtraction; None: the worker extracts PDF text itself.
+    # GROBID for citationExtraction; None: the worker extracts PDF text itself, in `pdf`.
     grobid: Grobid | None = None
+    pdf: PdfTextPool | None = None
 
 
 Appender = Callable[[model.OperationEvent], Awaitable[None]]
