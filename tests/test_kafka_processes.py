@@ -4,6 +4,9 @@ resumes from the checkpoint to the exact count."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from events import model
 from events.kafka_log import KafkaEventLog
 from projections import index_location
@@ -30,6 +33,27 @@ async def started_by(bootstrap: str, namespace: str, op_id: str) -> list[str]:
     finally:
         await reader.stop()
         await log.close()
+
+
+def groups_split(logs: dict[str, Path]) -> bool:
+    """Both replicas of every worker type hold a share of the partitions (their newest
+    "assigned partitions" lines are disjoint and cover all three), so no join is still to come
+    that would move an operation between replicas on its own."""
+    latest: dict[str, set[int]] = {}
+    for name, path in logs.items():
+        lines = [
+            line
+            for line in path.read_text().splitlines()
+            if "services.workers.runner" in line and ": assigned partitions [" in line
+        ]
+        if not lines:
+            return False
+        latest[name] = set(json.loads(lines[-1].rsplit("assigned partitions ", 1)[1]))
+    for t in {name.rsplit("-", 1)[0] for name in logs}:
+        one, two = latest[f"{t}-1"], latest[f"{t}-2"]
+        if one & two or one | two != {0, 1, 2}:
+            return False
+    return True
 
 
 async def test_replicas_share_work_and_take_over_on_crash(
@@ -64,13 +88,26 @@ async def test_replicas_share_work_and_take_over_on_crash(
     ]:
         # A worker process keeps its own state (freshnessScan's index replica) in a data dir
         # of its own; the API and the projector share tmp_path/data.
-        own = {"CHIVE_DATA_DIR": str(tmp_path / name)} if args[0] == "worker" else {}
+        # (INFO: the test reads a worker's partition assignments from its log.)
+        own = (
+            {"CHIVE_DATA_DIR": str(tmp_path / name), "CHIVE_LOG_LEVEL": "INFO"}
+            if args[0] == "worker"
+            else {}
+        )
         processes[name] = ServiceProcess({**env, **own}, tmp_path / f"{name}.log", args)
         processes[name].start()
     client = Client(f"http://127.0.0.1:{port}", admin)
 
     try:
         await eventually(lambda: client.up(), timeout=30, what="API up")
+        worker_logs = {
+            n: tmp_path / f"{n}.log" for n, p in processes.items() if p.args[0] == "worker"
+        }
+        await eventually(
+            lambda: groups_split(worker_logs),
+            timeout=60,
+            what="both replicas of every worker type sharing its partitions",
+        )
         scan = await client.trigger(type="pdsScan", pdsUrl=fresh_pds.url)
         sync = await client.trigger(type="didSync", did=did)
         other = await client.trigger(type="governanceSync")
