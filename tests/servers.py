@@ -280,7 +280,8 @@ class FakePds:
             return _error(400, "RepoNotFound", f"Could not find repo for DID: {q.get('did')}")
         blob = self.blobs.get((q.get("did", ""), q.get("cid", "")))
         if blob is None:
-            return _error(400, "BlobNotFound", "Blob not found")
+            # What the reference PDS 0.5.35 answers (tests/test_reference_atproto.py checks it).
+            return _error(400, "InvalidRequest", "Blob not found")
         return Response(blob[0], media_type=blob[1])
 
     async def did_web(self, request: Request) -> Response:

@@ -6,6 +6,7 @@ that reads AT Protocol servers runs against them; the loopback fakes stay for fa
 
 from __future__ import annotations
 
+import httpx
 import msgspec
 import pytest
 
@@ -222,3 +223,54 @@ async def test_every_type_against_the_reference_servers(settings, atproto, world
             assert len(shown) == 2
         finally:
             await index.close()
+
+
+def test_the_loopback_pds_answers_as_the_reference_does(atproto, pds, unique):
+    """The fake PDS (kept for fault injection) follows the reference on every call the workers
+    make: status codes, error names, field shapes and the paging rule (a cursor on every
+    non-empty page, the page after the last full one empty without one)."""
+    real = atproto.create_account("parity")
+    collection = "pub.chive.review.comment"
+    for i in range(3):
+        real.create_record(collection, {"$type": collection, "n": i}, rkey=f"3k{i:010d}")
+    fake_did = f"did:plc:parity{unique}"
+    pds.add_repo(fake_did, {collection: 3})
+
+    def call(base: str, nsid: str, **params):
+        response = httpx.get(f"{base}/xrpc/{nsid}", params=params, timeout=10)
+        body = response.json() if response.content else None
+        return response.status_code, body
+
+    for did, base in ((real.did, atproto.pds_url), (fake_did, pds.url)):
+        status, described = call(base, "com.atproto.repo.describeRepo", repo=did)
+        assert status == 200 and collection in described["collections"], (base, described)
+        pages, cursor = [], None
+        while True:
+            params = {"repo": did, "collection": collection, "limit": 2}
+            if cursor:
+                params["cursor"] = cursor
+            status, page = call(base, "com.atproto.repo.listRecords", **params)
+            assert status == 200
+            pages.append((len(page["records"]), "cursor" in page))
+            cursor = page.get("cursor")
+            if not page["records"]:
+                break
+        assert pages == [(2, True), (1, True), (0, False)], (base, pages)
+        record = call(
+            base, "com.atproto.repo.getRecord", repo=did, collection=collection, rkey="3k0000000001"
+        )[1]
+        assert set(record) >= {"uri", "cid", "value"}
+        assert record["uri"] == f"at://{did}/{collection}/3k0000000001"
+        missing = call(
+            base, "com.atproto.repo.getRecord", repo=did, collection=collection, rkey="3knothere"
+        )
+        assert (missing[0], missing[1]["error"]) == (400, "RecordNotFound"), (base, missing)
+        blob = call(base, "com.atproto.sync.getBlob", did=did, cid=CID_NOT_THERE)
+        assert blob == (400, {"error": "InvalidRequest", "message": "Blob not found"}), base
+        status, repos = call(base, "com.atproto.sync.listRepos", limit=1000)
+        mine = [r for r in repos["repos"] if r["did"] == did]
+        assert status == 200 and len(mine) == 1 and mine[0]["active"] is True
+        assert set(mine[0]) >= {"did", "head", "rev", "active"}
+
+
+CID_NOT_THERE = "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"

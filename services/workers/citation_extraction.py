@@ -125,7 +125,8 @@ async def extract(
     except SourceUnavailable:
         return f"PDS unreachable: {pds}", None
     except XrpcCallError as exc:
-        if exc.error in GONE:
+        # The reference PDS (0.5.x) answers a missing blob with InvalidRequest "Blob not found".
+        if exc.error in GONE or (exc.error == "InvalidRequest" and exc.message == "Blob not found"):
             return "document not found", None
         if exc.error == "BlobTooLarge":
             return "document too large", None

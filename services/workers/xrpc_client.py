@@ -32,6 +32,7 @@ class XrpcCallError(RuntimeError):
         super().__init__(f"{url}: {status} {error}: {message}")
         self.status = status
         self.error = error
+        self.message = message
 
 
 @dataclass
