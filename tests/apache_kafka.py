@@ -69,6 +69,8 @@ class ApacheKafka:
         self.dir = data_dir
         self.port = port or free_port()
         self.controller_port = free_port()
+        while self.controller_port == self.port:  # the broker's port is not bound yet
+            self.controller_port = free_port()
         self.bootstrap = f"127.0.0.1:{advertised_port or self.port}"
         self._proc: subprocess.Popen | None = None
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -99,7 +101,9 @@ class ApacheKafka:
                 ]
             )
         )
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = "-"
+        while cluster_id.startswith("-"):  # the tool would read a leading "-" as an option
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         subprocess.run(
             [
                 "java",
