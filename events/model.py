@@ -31,6 +31,9 @@ BACKFILL_TYPES = (
     "governanceSync",
     "didSync",
 )
+# A fullReindex's events per transaction when its request names none: the API fills it in,
+# and the worker falls back to it for requests logged before the API did.
+FULL_REINDEX_BATCH_SIZE = 100
 
 
 class Event(msgspec.Struct, tag_field="event_type", kw_only=True, frozen=True):

@@ -16,13 +16,14 @@ from projections import index_location
 from projections.operations import OperationsStore
 from projections.records import RecordIndex
 from projections.runner import ProjectionRunner
-from services import keys, outbound
+from services import outbound
 from services.api import http_server
 from services.api.app import Api, create_app
 from services.api.auth import ServiceAuth
 from services.api.lexicon import Lexicons
-from services.api.rate_limit import RateLimiter
-from services.identity import DidResolver
+from services.atproto import keys
+from services.atproto.identity import DidResolver
+from services.rate_limit import RateLimiter
 from services.settings import Settings
 from services.workers import (
     citation_extraction,

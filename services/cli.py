@@ -15,8 +15,9 @@ import msgspec
 from events import model
 from events.log import read_to_end
 from projections import index_location
-from services import bootstrap, keys
-from services.api.auth import MAX_TOKEN_LIFETIME_S
+from services import bootstrap
+from services.atproto import keys
+from services.atproto.service_auth import MAX_TOKEN_LIFETIME_S
 from services.settings import SettingsError, load
 
 METHODS = (

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import msgspec
 
-from services.api.formats import is_did, is_http_url
+from services.atproto.syntax import is_did, is_http_url
 
 
 class SettingsError(ValueError):

@@ -16,7 +16,8 @@ from typing import Any
 
 import httpx
 
-from services import bootstrap, keys
+from services import bootstrap
+from services.atproto import keys
 from services.settings import Settings
 from tests.conftest import eventually
 

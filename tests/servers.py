@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from services import keys
+from services.atproto import keys
 from tests.broker import free_port, wait_for_port
 
 

@@ -19,9 +19,10 @@ import msgspec
 import pytest
 
 from projections import index_location
-from services import keys, outbound
+from services import outbound
 from services.api import http_server
-from services.identity import DidNotFound, DidResolver, did_web_url
+from services.atproto import keys
+from services.atproto.identity import DidNotFound, DidResolver, did_web_url
 from services.workers import pdf_text as pdf_text_module
 from services.workers.pdf_text import PdfTextPool, UnreadablePdf
 from services.workers.xrpc_client import RetryPolicy, SourceUnavailable, XrpcClient
@@ -535,7 +536,7 @@ async def test_connections_past_the_cap_get_an_xrpc_503(tmp_path, plc):
 
 
 async def test_the_did_cache_is_bounded_in_bytes(monkeypatch, unique):
-    from services import identity
+    from services.atproto import identity
 
     monkeypatch.setattr(identity, "MAX_CACHE_BYTES", 250 * 1024)
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from services import keys
-from services.api import formats
 from services.api.lexicon import LexiconError, Lexicons
 from services.api.params import backfill_params, dedupe_key
 from services.api.xrpc import XrpcError
+from services.atproto import keys
+from services.atproto import syntax as formats
 from services.settings import SettingsError, load
 
 
@@ -186,7 +186,7 @@ def test_settings_from_environment(tmp_path):
 def test_did_cache_is_bounded_least_recently_used_first(monkeypatch):
     from collections import OrderedDict
 
-    from services import identity
+    from services.atproto import identity
 
     monkeypatch.setattr(identity, "MAX_ENTRIES", 2)
     cache: OrderedDict = OrderedDict()

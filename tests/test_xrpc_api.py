@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 import pytest
 
-from services import keys
+from services.atproto import keys
 from tests.conftest import eventually
 from tests.harness import SERVICE_DID, Admin, running_service, settings_for
 

@@ -19,9 +19,9 @@ from services.api import xrpc
 from services.api.auth import ServiceAuth
 from services.api.lexicon import Lexicons
 from services.api.params import backfill_params, dedupe_key
-from services.api.rate_limit import RateLimiter
 from services.api.views import operation_view
 from services.api.xrpc import Call, XrpcError, XrpcServer, invalid_request
+from services.rate_limit import RateLimiter
 
 TRIGGER = "pub.chive.admin.triggerBackfill"
 STATUS = "pub.chive.admin.getBackfillStatus"

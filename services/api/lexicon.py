@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from services.api.formats import FORMATS
+from services.atproto.syntax import FORMATS
 
 
 def schema_dir() -> Path:

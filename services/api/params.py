@@ -10,9 +10,10 @@ import json
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from events import model
 from events.model import BACKFILL_TYPES
-from services.api.formats import is_http_url, parse_at_uri
 from services.api.xrpc import XrpcError, invalid_request
+from services.atproto.syntax import is_http_url, parse_at_uri
 
 # Parameters each type accepts; any other given parameter is an error naming it.
 ACCEPTS: dict[str, frozenset[str]] = {
@@ -24,7 +25,6 @@ ACCEPTS: dict[str, frozenset[str]] = {
     "governanceSync": frozenset(),
 }
 KNOWN = frozenset({"type", "did", "uri", "pdsUrl", "batchSize"})
-DEFAULT_BATCH_SIZE = 100
 
 
 def normalize_pds_url(url: str) -> str:
@@ -69,7 +69,7 @@ def backfill_params(raw: dict[str, Any]) -> tuple[str, dict[str, Any]]:
             )
         params["uri"] = raw["uri"]
     elif kind == "fullReindex":
-        params["batchSize"] = raw.get("batchSize", DEFAULT_BATCH_SIZE)
+        params["batchSize"] = raw.get("batchSize", model.FULL_REINDEX_BATCH_SIZE)
     return kind, params
 
 

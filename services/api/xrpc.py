@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.api.lexicon import LexiconError, Lexicons
-from services.api.rate_limit import RateLimiter
+from services.rate_limit import RateLimiter
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from events import model
 from events.log import Entry, EventLog, append_patiently
 from projections.records import RecordIndex
 from projections.runner import ProjectionRunner
-from services.identity import DidNotFound, DidResolver, ResolutionError, pds_endpoint
+from services.atproto.identity import DidNotFound, DidResolver, ResolutionError, pds_endpoint
 from services.workers.grobid import Grobid
 from services.workers.pdf_text import PdfTextPool
 from services.workers.xrpc_client import XrpcClient

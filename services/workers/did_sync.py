@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import msgspec
 
-from services.identity import DidNotFound, ResolutionError, pds_endpoint
+from services.atproto.identity import DidNotFound, ResolutionError, pds_endpoint
 from services.workers.context import (
     OperationFailed,
     Outcome,

@@ -21,7 +21,6 @@ from events.log import LogUnavailable, Message, caught_up_everywhere
 from projections import index_location
 from projections.records import RecordIndex
 from projections.runner import apply_isolated, positions_after
-from services.api.params import DEFAULT_BATCH_SIZE
 from services.workers.context import OperationFailed, Outcome, WorkContext
 
 log = logging.getLogger(__name__)
@@ -39,7 +38,7 @@ async def run(ctx: WorkContext) -> Outcome:
         )
     live = runner.projection
     assert isinstance(live, RecordIndex)
-    batch_size = max(1, int(ctx.params.get("batchSize", DEFAULT_BATCH_SIZE)))
+    batch_size = max(1, int(ctx.params.get("batchSize", model.FULL_REINDEX_BATCH_SIZE)))
     target = index_location.rebuild_path(data_dir, ctx.operation_id)
     async with ctx.services.reindex_lock:
         if live.path == target:

@@ -12,7 +12,7 @@ import msgspec
 
 from events import model
 from services import outbound
-from services.api.formats import parse_at_uri
+from services.atproto.syntax import parse_at_uri
 from services.workers.xrpc_client import SourceUnavailable, XrpcClient
 
 CHIVE_PREFIX = "pub.chive."

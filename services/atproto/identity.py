@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from services import outbound
-from services.api.formats import is_did
+from services.atproto.syntax import is_did
 
 STALE_AFTER_S = 3600.0
 MAX_AGE_S = 86400.0
