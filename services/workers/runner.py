@@ -1,11 +1,12 @@
 """One worker service: the consumer group of one backfill type.
 
 It folds the operations topic (same fold as the projection) for operations of its type, runs
-each unfinished one, resumes from its last checkpoint, and owns the commit order: a partition's
-committed offset never passes the request of an operation that is not finished, so a worker
-that restarts, or takes the partition over, re-reads that request and everything after it.
-Work starts only once the partition is caught up, so a finished operation is never redone and
-a resumed one starts from its newest checkpoint.
+each unfinished one and resumes it from its last checkpoint. It tells CommitOrder
+(commit_order.py) what it consumed and which operations are unfinished, and commits what that
+allows: never past the request of an unfinished operation, so a worker that restarts, or takes
+the partition over, re-reads that request and everything after it. Work starts only once the
+partition is caught up, so a finished operation is never redone and a resumed one starts from
+its newest checkpoint.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from events.log import (
     append_patiently,
 )
 from projections.operations import Operation, duplicate_of, fold
+from services.workers.commit_order import CommitOrder
 from services.workers.context import (
     Cancelled,
     OperationFailed,
@@ -66,8 +68,7 @@ class WorkerService:
         self._id = worker_id(backfill_type)
         self._ops: dict[str, _Tracked] = {}
         self._running: dict[str, tuple[asyncio.Task, WorkContext]] = {}
-        self._next: dict[int, int] = {}
-        self._committed: dict[int, int] = {}
+        self._order = CommitOrder()
         self._consumer: GroupConsumer | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -93,7 +94,9 @@ class WorkerService:
                 log.warning("%s: log unavailable, retrying: %s", self._id, exc)
                 await _wait(stop, _RETRY_DELAY_S)
             finally:
-                await self._drop(set(self._next) | {t.partition for t in self._ops.values()})
+                await self._drop(
+                    self._order.partitions() | {t.partition for t in self._ops.values()}
+                )
                 await consumer.stop()
                 self._consumer = None
 
@@ -111,9 +114,7 @@ class WorkerService:
             if tracked.partition in partitions:
                 await self._stop_quietly(op_id)
                 del self._ops[op_id]
-        for p in partitions:
-            self._next.pop(p, None)
-            self._committed.pop(p, None)
+        self._order.drop(partitions)
 
     async def _stop_quietly(self, op_id: str) -> None:
         running = self._running.pop(op_id, None)
@@ -125,7 +126,7 @@ class WorkerService:
     # -- folding -------------------------------------------------------------------------
     def _consume(self, message: Message) -> dlq.DeadLetter | None:
         """Fold one message; an undecodable one of our type comes back as a dead letter."""
-        self._next[message.partition] = message.offset + 1
+        self._order.consumed(message.partition, message.offset)
         if message.headers.get("backfill_type") != self.backfill_type:
             return None
         try:
@@ -153,9 +154,9 @@ class WorkerService:
         if after is None:
             return None
         if tracked is None:
-            self._ops[event.operation_id] = _Tracked(after, message.partition, message.offset)
-        else:
-            tracked.op = after
+            tracked = _Tracked(after, message.partition, message.offset)
+            self._ops[event.operation_id] = tracked
+        self._track(tracked, after)
         if after.finished:
             running = self._running.get(event.operation_id)
             if running is not None and not running[0].done():
@@ -244,7 +245,14 @@ class WorkerService:
 
     async def _finish(self, tracked: _Tracked, final: model.OperationEvent) -> None:
         await self._append(final)
-        tracked.op = fold(tracked.op, final) or tracked.op
+        self._track(tracked, fold(tracked.op, final) or tracked.op)
+
+    def _track(self, tracked: _Tracked, op: Operation) -> None:
+        tracked.op = op
+        if op.finished:
+            self._order.finished(op.id)
+        else:
+            self._order.unfinished(op.id, tracked.partition, tracked.request_offset)
 
     async def _append(self, event: model.OperationEvent) -> None:
         """Append, waiting out a log outage: an outcome must not be lost."""
@@ -270,23 +278,14 @@ class WorkerService:
 
     # -- commit order --------------------------------------------------------------------
     async def _commit(self, consumer: GroupConsumer) -> None:
-        offsets: dict[int, int] = {}
-        for p, next_offset in self._next.items():
-            pending = [
-                t.request_offset
-                for t in self._ops.values()
-                if t.partition == p and not t.op.finished
-            ]
-            offset = min(pending, default=next_offset)
-            if self._committed.get(p) != offset:
-                offsets[p] = offset
+        offsets = self._order.due()
         if offsets:
             await consumer.commit(offsets)
-            self._committed.update(offsets)
+            self._order.committed(offsets)
         # Finished operations below every pending request are never re-read: forget them.
         for op_id, tracked in list(self._ops.items()):
             if tracked.op.finished and op_id not in self._running:
-                if tracked.request_offset < self._committed.get(tracked.partition, 0):
+                if self._order.behind_commit(tracked.partition, tracked.request_offset):
                     del self._ops[op_id]
 
 
