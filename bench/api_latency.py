@@ -91,7 +91,9 @@ async def service(n: int) -> tuple[list[float], list[float]]:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
 
             async def trigger(i: int) -> None:
-                body = {"type": "pdsScan", "pdsUrl": f"https://pds{i}.invalid"}
+                # A DID of its own each time (no dedupe), whose lookup fails at once (the PLC
+                # URL refuses connections): the worker's share of the loop stays small.
+                body = {"type": "didSync", "did": f"did:plc:bench{i:06d}"}
                 response = await http.post(f"/xrpc/{TRIGGER}", json=body, headers=auth(TRIGGER))
                 ids.append(response.json()["operation"]["id"])
 
