@@ -106,10 +106,9 @@ async def run_api(
     store = OperationsStore(settings.data_dir / "api-operations.db")
     await store.open()
     projection = ProjectionRunner(event_log, store, "operations")
-    policy = fetch_policy(settings)
-    async with outbound.client(policy) as http:
+    async with outbound.Fetcher(fetch_policy(settings)) as fetcher:
         auth = ServiceAuth(
-            DidResolver(http, policy, settings.plc_url), settings.service_did, admin_dids(settings)
+            DidResolver(fetcher, settings.plc_url), settings.service_did, admin_dids(settings)
         )
         # A write fails by the producer's own request timeout (the record is then dropped,
         # never sent late); the API's bound is a safety net just above it.
@@ -165,8 +164,7 @@ async def run_workers(
             "it runs inside `chive-backfill projector` (or `up`), not as a worker of its own"
         )
     async with contextlib.AsyncExitStack() as stack:
-        fetching = fetch_policy(settings)
-        http = await stack.enter_async_context(outbound.client(fetching))
+        fetcher = await stack.enter_async_context(outbound.Fetcher(fetch_policy(settings)))
         tasks: list[asyncio.Task] = []
         index = runner = None
         if READS_INDEX & set(types):
@@ -191,15 +189,17 @@ async def run_workers(
             stack.push_async_callback(pdf.close)
         services = Services(
             event_log,
-            XrpcClient(http, fetching, policy),
-            DidResolver(http, fetching, settings.plc_url),
+            XrpcClient(fetcher, policy),
+            DidResolver(fetcher, settings.plc_url),
             governance_pds_url=settings.governance_pds_url,
             governance_did=settings.governance_did,
             index=index,
             index_runner=runner,
             projector=index_runner,
             data_dir=settings.data_dir,
-            grobid=Grobid(http, settings.grobid_url, policy) if settings.grobid_url else None,
+            grobid=Grobid(fetcher.http, settings.grobid_url, policy)
+            if settings.grobid_url
+            else None,
             pdf=pdf,
         )
         workers = [WorkerService(t, HANDLERS[t], services) for t in types]

@@ -31,7 +31,7 @@ import httpx
 DID_DOCUMENT_BYTES = 512 * 1024
 PAGE_BYTES = 16 * 1024 * 1024  # listRecords / listRepos / describeRepo pages
 RECORD_BYTES = 2 * 1024 * 1024  # getRecord
-BLOB_BYTES = 50 * 1024 * 1024  # getBlob (an eprint's PDF)
+# (getBlob's cap is the caller's: citationExtraction's document size)
 
 
 class FetchRefused(Exception):
@@ -120,23 +120,55 @@ class _Refused(httpcore.ConnectError):
     """A refusal by policy at connection time (surfaces as httpx.ConnectError)."""
 
 
-def client(policy: Policy, *, max_connections: int = 100) -> httpx.AsyncClient:
-    """An httpx client whose every connection obeys `policy`; no redirects, no proxies from
-    the environment, and only encodings `read_capped` can bound."""
-    transport = httpx.AsyncHTTPTransport(trust_env=False)
-    transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=httpx.create_ssl_context(),
-        max_connections=max_connections,
-        max_keepalive_connections=20,
-        keepalive_expiry=5.0,
-        network_backend=_GuardedBackend(policy),
-    )
-    return httpx.AsyncClient(
-        transport=transport,
-        follow_redirects=False,
-        trust_env=False,
-        headers={"accept-encoding": "gzip, deflate"},
-    )
+class Fetcher:
+    """The outbound HTTP client and the policy it enforces, as one: whoever holds it fetches
+    only as the policy allows (every connection is checked by the client built from it)."""
+
+    def __init__(self, policy: Policy, *, max_connections: int = 100) -> None:
+        self.policy = policy
+        transport = httpx.AsyncHTTPTransport(trust_env=False)
+        transport._pool = httpcore.AsyncConnectionPool(
+            ssl_context=httpx.create_ssl_context(),
+            max_connections=max_connections,
+            max_keepalive_connections=20,
+            keepalive_expiry=5.0,
+            network_backend=_GuardedBackend(policy),
+        )
+        # No redirects, no proxies from the environment, and only encodings `read_capped`
+        # can bound.
+        self.http = httpx.AsyncClient(
+            transport=transport,
+            follow_redirects=False,
+            trust_env=False,
+            headers={"accept-encoding": "gzip, deflate"},
+        )
+
+    async def __aenter__(self) -> Fetcher:
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.http.aclose()
+
+    async def fetch(
+        self,
+        url: str,
+        *,
+        params: dict | None = None,
+        max_bytes: int,
+        deadline_s: float,
+    ) -> Fetched:
+        """One GET under the policy: FetchRefused for what it forbids, TimeoutError past the
+        deadline, httpx.HTTPError for transport failures."""
+        self.policy.check_url(url)
+        try:
+            async with asyncio.timeout(deadline_s):
+                async with self.http.stream("GET", url, params=params) as response:
+                    body = await read_capped(response, max_bytes)
+                    return Fetched(response.status_code, response.headers, body)
+        except httpx.ConnectError as exc:
+            if isinstance(exc.__cause__, _Refused):
+                raise FetchRefused(str(exc)) from None
+            raise
 
 
 @dataclass
@@ -144,30 +176,6 @@ class Fetched:
     status: int
     headers: httpx.Headers
     body: bytes
-
-
-async def fetch(
-    http: httpx.AsyncClient,
-    policy: Policy,
-    url: str,
-    *,
-    params: dict | None = None,
-    max_bytes: int,
-    deadline_s: float,
-    method: str = "GET",
-) -> Fetched:
-    """One request under the policy: FetchRefused for what it forbids, TimeoutError past the
-    deadline, httpx.HTTPError for transport failures."""
-    policy.check_url(url)
-    try:
-        async with asyncio.timeout(deadline_s):
-            async with http.stream(method, url, params=params) as response:
-                body = await read_capped(response, max_bytes)
-                return Fetched(response.status_code, response.headers, body)
-    except httpx.ConnectError as exc:
-        if isinstance(exc.__cause__, _Refused) or "no public address" in str(exc):
-            raise FetchRefused(str(exc)) from None
-        raise
 
 
 def _decoder(encoding: str):

@@ -120,14 +120,14 @@ async def test_forged_issuers_reach_no_internal_address(tmp_path, plc, listener)
 
 # -- the outbound fetch policy ---------------------------------------------------------
 async def test_the_policy_refuses_loopback_and_plain_http(listener):
-    async with outbound.client(PUBLIC_ONLY) as http:
+    async with outbound.Fetcher(PUBLIC_ONLY) as fetcher:
         for url in (listener.url, f"http://localhost:{listener.port}/x", "https://127.0.0.1:1/"):
             with pytest.raises(outbound.FetchRefused):
-                await outbound.fetch(http, PUBLIC_ONLY, url, max_bytes=100, deadline_s=5)
+                await fetcher.fetch(url, max_bytes=100, deadline_s=5)
     assert listener.connections == 0
     trusted = outbound.Policy.for_urls(False, [listener.url])
-    async with outbound.client(trusted) as http:
-        got = await outbound.fetch(http, trusted, listener.url + "/ok", max_bytes=100, deadline_s=5)
+    async with outbound.Fetcher(trusted) as fetcher:
+        got = await fetcher.fetch(listener.url + "/ok", max_bytes=100, deadline_s=5)
     assert got.status == 200 and listener.connections == 1
 
 
@@ -155,12 +155,10 @@ def test_addresses_the_policy_allows():
 async def test_a_gzip_bomb_stops_at_the_cap_without_inflating():
     bomb = HostileServer({"/": gzip_bomb(200 * 1024 * 1024)}).start()
     try:
-        async with outbound.client(LOOPBACK_OK) as http:
+        async with outbound.Fetcher(LOOPBACK_OK) as fetcher:
             tracemalloc.start()
             with pytest.raises(outbound.ResponseTooLarge):
-                await outbound.fetch(
-                    http, LOOPBACK_OK, bomb.url, max_bytes=512 * 1024, deadline_s=10
-                )
+                await fetcher.fetch(bomb.url, max_bytes=512 * 1024, deadline_s=10)
             _, peak = tracemalloc.get_traced_memory()
             tracemalloc.stop()
         assert peak < 8 * 1024 * 1024, f"peak {peak} bytes while refusing a 200 MB bomb"
@@ -171,10 +169,10 @@ async def test_a_gzip_bomb_stops_at_the_cap_without_inflating():
 async def test_a_trickle_is_cut_at_the_total_deadline():
     slow = HostileServer({"/": Reply(body=b'{"a":' + b" " * 100 + b"1}", trickle_s=0.2)}).start()
     try:
-        async with outbound.client(LOOPBACK_OK) as http:
+        async with outbound.Fetcher(LOOPBACK_OK) as fetcher:
             t0 = time.monotonic()
             with pytest.raises(TimeoutError):
-                await outbound.fetch(http, LOOPBACK_OK, slow.url, max_bytes=10**6, deadline_s=1)
+                await fetcher.fetch(slow.url, max_bytes=10**6, deadline_s=1)
             assert time.monotonic() - t0 < 3
     finally:
         slow.stop()
@@ -188,15 +186,11 @@ async def test_endless_bodies_and_declared_sizes_over_the_cap_are_refused():
         }
     ).start()
     try:
-        async with outbound.client(LOOPBACK_OK) as http:
+        async with outbound.Fetcher(LOOPBACK_OK) as fetcher:
             with pytest.raises(outbound.ResponseTooLarge):
-                await outbound.fetch(
-                    http, LOOPBACK_OK, server.url + "/endless", max_bytes=10**6, deadline_s=10
-                )
+                await fetcher.fetch(server.url + "/endless", max_bytes=10**6, deadline_s=10)
             with pytest.raises(outbound.ResponseTooLarge):
-                await outbound.fetch(
-                    http, LOOPBACK_OK, server.url + "/declared", max_bytes=1000, deadline_s=10
-                )
+                await fetcher.fetch(server.url + "/declared", max_bytes=1000, deadline_s=10)
     finally:
         server.stop()
 
@@ -206,8 +200,8 @@ async def test_redirects_are_not_followed(listener):
         {"/": Reply(302, b"", headers=(("location", listener.url + "/internal"),))}
     ).start()
     try:
-        async with outbound.client(LOOPBACK_OK) as http:
-            client = XrpcClient(http, LOOPBACK_OK, RetryPolicy(attempts=1, timeout_s=5))
+        async with outbound.Fetcher(LOOPBACK_OK) as fetcher:
+            client = XrpcClient(fetcher, RetryPolicy(attempts=1, timeout_s=5))
             with pytest.raises(Exception) as raised:
                 await client.query(redirecting.url, "com.atproto.sync.listRepos", {}, dict)
         assert "302" in str(raised.value)
@@ -294,8 +288,8 @@ async def test_concurrent_lookups_of_one_did_are_one_fetch(plc, unique):
         {"/": Reply(200, json.dumps({"id": f"did:plc:slow{unique}"}).encode(), trickle_s=0.01)}
     ).start()
     try:
-        async with outbound.client(LOOPBACK_OK) as http:
-            resolver = DidResolver(http, LOOPBACK_OK, slow_plc.url)
+        async with outbound.Fetcher(LOOPBACK_OK) as fetcher:
+            resolver = DidResolver(fetcher, slow_plc.url)
             docs = await asyncio.gather(
                 *(resolver.resolve(f"did:plc:slow{unique}") for _ in range(20))
             )
@@ -479,8 +473,8 @@ async def test_blobs_are_capped_while_they_stream(tmp_path, plc, unique):
     """A getBlob that inflates past the cap is refused as it streams, not after."""
     bomb = HostileServer({"/xrpc/com.atproto.sync.getBlob": gzip_bomb(300 * 1024 * 1024)}).start()
     try:
-        async with outbound.client(LOOPBACK_OK) as http:
-            client = XrpcClient(http, LOOPBACK_OK, RetryPolicy(attempts=1, timeout_s=10))
+        async with outbound.Fetcher(LOOPBACK_OK) as fetcher:
+            client = XrpcClient(fetcher, RetryPolicy(attempts=1, timeout_s=10))
             tracemalloc.start()
             with pytest.raises(Exception, match="BlobTooLarge"):
                 await client.blob(bomb.url, "did:plc:x", "bafy", 1024 * 1024)
@@ -492,8 +486,8 @@ async def test_blobs_are_capped_while_they_stream(tmp_path, plc, unique):
 
 
 async def test_refusals_are_not_retried(listener):
-    async with outbound.client(PUBLIC_ONLY) as http:
-        client = XrpcClient(http, PUBLIC_ONLY, RetryPolicy(attempts=5, timeout_s=5))
+    async with outbound.Fetcher(PUBLIC_ONLY) as fetcher:
+        client = XrpcClient(fetcher, RetryPolicy(attempts=5, timeout_s=5))
         t0 = time.monotonic()
         with pytest.raises(SourceUnavailable, match="refused"):
             await client.query(listener.url, "com.atproto.sync.listRepos", {}, dict)
@@ -546,8 +540,8 @@ async def test_the_did_cache_is_bounded_in_bytes(monkeypatch, unique):
 
     plc_like = HostileServer({"/": document}).start()
     try:
-        async with outbound.client(LOOPBACK_OK) as http:
-            resolver = DidResolver(http, LOOPBACK_OK, plc_like.url)
+        async with outbound.Fetcher(LOOPBACK_OK) as fetcher:
+            resolver = DidResolver(fetcher, plc_like.url)
             for i in range(6):
                 await resolver.resolve(f"did:plc:big{unique}{i}")
             assert len(resolver._cache) == 2

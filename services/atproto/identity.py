@@ -75,9 +75,8 @@ def did_web_url(did: str) -> str:
 
 
 class DidResolver:
-    def __init__(self, http: httpx.AsyncClient, policy: outbound.Policy, plc_url: str) -> None:
-        self._http = http
-        self._policy = policy
+    def __init__(self, fetcher: outbound.Fetcher, plc_url: str) -> None:
+        self._fetcher = fetcher
         self._plc_url = plc_url.rstrip("/")
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
         self._cache_bytes = 0
@@ -157,12 +156,8 @@ class DidResolver:
             raise DidNotFound(f"unsupported DID method: {did[:100]}")
         self.fetches += 1
         try:
-            response = await outbound.fetch(
-                self._http,
-                self._policy,
-                url,
-                max_bytes=outbound.DID_DOCUMENT_BYTES,
-                deadline_s=FETCH_DEADLINE_S,
+            response = await self._fetcher.fetch(
+                url, max_bytes=outbound.DID_DOCUMENT_BYTES, deadline_s=FETCH_DEADLINE_S
             )
         except outbound.FetchRefused as exc:
             raise DidNotFound(f"{did} cannot be resolved here: {exc}") from None

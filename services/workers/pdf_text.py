@@ -22,7 +22,6 @@ import sys
 
 MAX_PAGES = 100
 MAX_TEXT_BYTES = 4 * 1024 * 1024
-MAX_PDF_BYTES = 64 * 1024 * 1024
 CPU_SECONDS = 20
 MEMORY_BYTES = 1024 * 1024 * 1024
 WALL_SECONDS = 30.0
@@ -82,8 +81,6 @@ class PdfTextPool:
         """Text of the document's pages in order; UnreadablePdf with the reason otherwise."""
         if not data.startswith(b"%PDF-"):
             raise UnreadablePdf("not a PDF (no %PDF- header)")
-        if len(data) > MAX_PDF_BYTES:
-            raise UnreadablePdf(f"larger than {MAX_PDF_BYTES} bytes")
         async with self._slots:
             child = self._idle.pop() if self._idle else None
             if child is None:

@@ -54,14 +54,8 @@ class XrpcClient:
     """Calls under the outbound fetch policy: each response kind has its byte cap, each
     request a total deadline (`RetryPolicy.timeout_s`), and no redirect is followed."""
 
-    def __init__(
-        self,
-        http: httpx.AsyncClient,
-        fetch_policy: outbound.Policy,
-        policy: RetryPolicy | None = None,
-    ) -> None:
-        self._http = http
-        self._fetch_policy = fetch_policy
+    def __init__(self, fetcher: outbound.Fetcher, policy: RetryPolicy | None = None) -> None:
+        self._fetcher = fetcher
         self.policy = policy or RetryPolicy()
 
     async def query(
@@ -85,27 +79,27 @@ class XrpcClient:
         """com.atproto.sync.getBlob; XrpcCallError("BlobTooLarge") past max_bytes (counted as
         it streams in, never after the whole download)."""
         url = f"{base_url.rstrip('/')}/xrpc/com.atproto.sync.getBlob"
-        try:
-            return await self._get(url, {"did": did, "cid": cid}, max_bytes, lambda b: b)
-        except XrpcCallError as exc:
-            if exc.error != "ResponseTooLarge":
-                raise
-            raise XrpcCallError(url, 200, "BlobTooLarge", f"over {max_bytes} bytes") from None
+        params = {"did": did, "cid": cid}
+        return await self._get(url, params, max_bytes, lambda b: b, too_large="BlobTooLarge")
 
     async def _get(
-        self, url: str, params: dict[str, Any], max_bytes: int, parse: Callable[[bytes], T]
+        self,
+        url: str,
+        params: dict[str, Any],
+        max_bytes: int,
+        parse: Callable[[bytes], T],
+        too_large: str = "ResponseTooLarge",
     ) -> T:
         async def attempt() -> T:
-            response = await request(
-                outbound.fetch(
-                    self._http,
-                    self._fetch_policy,
-                    url,
-                    params=params,
-                    max_bytes=max_bytes,
-                    deadline_s=self.policy.timeout_s,
+            try:
+                response = await request(
+                    self._fetcher.fetch(
+                        url, params=params, max_bytes=max_bytes, deadline_s=self.policy.timeout_s
+                    )
                 )
-            )
+            except outbound.ResponseTooLarge as exc:
+                # An answer, just too big: final, like an XRPC error (never retried).
+                raise XrpcCallError(url, 200, too_large, str(exc)) from None
             status = response.status
             if status == 200:
                 try:
@@ -131,12 +125,12 @@ class Retry(Exception):
 
 async def request(sending: Awaitable[R]) -> R:
     """The response, or Retry when the request did not get one (connection, timeout). A
-    refusal by the fetch policy is final: SourceUnavailable at once, never retried."""
+    refusal by the fetch policy is final: SourceUnavailable at once, never retried; a response
+    over its cap passes through as ResponseTooLarge."""
     try:
         return await sending
-    except outbound.ResponseTooLarge as exc:
-        # An answer, just too big: final, like an XRPC error (never retried).
-        raise XrpcCallError("", 200, "ResponseTooLarge", str(exc)) from None
+    except outbound.ResponseTooLarge:
+        raise  # the caller names it
     except outbound.FetchRefused as exc:
         raise SourceUnavailable(f"refused by the outbound fetch policy: {exc}") from None
     except TimeoutError:
