@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
@@ -166,10 +165,3 @@ class ApacheKafka:
             os.killpg(self._proc.pid, signal.SIGKILL)
             self._proc.wait()
         self._proc = None
-        # The port must be free again before a restart binds it.
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                wait_for_port("127.0.0.1", self.port, 0.05)
-            except RuntimeError:
-                return

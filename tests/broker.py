@@ -86,9 +86,9 @@ def broker_kind() -> str:
 
 
 @contextlib.contextmanager
-def kafka_broker(kind: str | None = None) -> Iterator[tuple[str, str]]:
+def kafka_broker() -> Iterator[tuple[str, str]]:
     """Yield (bootstrap servers, broker kind)."""
-    kind = kind or broker_kind()
+    kind = broker_kind()
     if kind == "external":
         yield os.environ["KAFKA_BOOTSTRAP_SERVERS"], kind
     elif kind == "testcontainers":

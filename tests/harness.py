@@ -90,6 +90,26 @@ class Client:
         return await eventually(reached, timeout=timeout, what=f"{at_least} records processed")
 
 
+async def starts(bootstrap: str, namespace: str) -> list[tuple[str, str]]:
+    """(operation id, worker type@host:pid) of every BackfillStarted on a Kafka deployment's
+    operations topic, in per-partition order."""
+    from events import model
+    from events.kafka_log import KafkaEventLog
+    from events.log import read_to_end
+
+    log = KafkaEventLog(bootstrap, 3, namespace=namespace, enable_idempotence=kafka_idempotence())
+    await log.start()
+    try:
+        messages = await read_to_end(log, model.OPERATIONS_TOPIC)
+    finally:
+        await log.close()
+    return [
+        (m.key, model.decode(m.value).worker)
+        for m in messages
+        if m.headers["event_type"] == "BackfillStarted"
+    ]
+
+
 def kafka_idempotence() -> bool:
     """On unless the suite's broker lacks it (Tansu has no InitProducerId)."""
     from tests.broker import broker_kind

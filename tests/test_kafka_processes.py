@@ -13,26 +13,12 @@ from projections import index_location
 from services.bootstrap import BESIDE_PROJECTOR
 from tests.broker import free_port
 from tests.conftest import eventually
-from tests.harness import Admin, Client, ServiceProcess, service_env, wait_index
+from tests.harness import Admin, Client, ServiceProcess, service_env, starts, wait_index
 
 
 async def started_by(bootstrap: str, namespace: str, op_id: str) -> list[str]:
     """Workers (type@host:pid) that started the operation, in order."""
-    log = KafkaEventLog(bootstrap, 3, namespace=namespace)
-    await log.start()
-    reader = log.reader(model.OPERATIONS_TOPIC)
-    await reader.start()
-    workers = []
-    try:
-        while True:
-            for m in await reader.poll(0.2):
-                if m.key == op_id and m.headers["event_type"] == "BackfillStarted":
-                    workers.append(model.decode(m.value).worker)
-            if all([await reader.caught_up(p) for p in range(3)]):
-                return workers
-    finally:
-        await reader.stop()
-        await log.close()
+    return [worker for op, worker in await starts(bootstrap, namespace) if op == op_id]
 
 
 def groups_split(logs: dict[str, Path]) -> bool:

@@ -135,11 +135,9 @@ class Api:
         return {"success": True}
 
 
-def create_app(
-    api: Api, lexicons: Lexicons, auth: ServiceAuth, limiter: RateLimiter | None = None
-) -> FastAPI:
+def create_app(api: Api, lexicons: Lexicons, auth: ServiceAuth, limiter: RateLimiter) -> FastAPI:
     app = FastAPI(title="chive-backfill", docs_url=None, redoc_url=None, openapi_url=None)
-    server = XrpcServer(lexicons, auth.require_admin, limiter or RateLimiter(0))
+    server = XrpcServer(lexicons, auth.require_admin, limiter)
     server.method(TRIGGER, api.trigger)
     server.method(STATUS, api.status)
     server.method(HISTORY, api.history)

@@ -64,7 +64,7 @@ Authenticator = Callable[[str | None, str, str], Awaitable[Any]]
 class XrpcServer:
     lexicons: Lexicons
     authenticate: Authenticator | None
-    limiter: RateLimiter = field(default_factory=lambda: RateLimiter(0))
+    limiter: RateLimiter
     handlers: dict[str, Handler] = field(default_factory=dict)
 
     def method(self, nsid: str, handler: Handler) -> None:

@@ -27,6 +27,7 @@ from services.workers.context import (
     Outcome,
     WorkContext,
     caught_up_index,
+    count_reasons,
     from_checkpoint,
     pds_of,
     to_checkpoint,
@@ -92,9 +93,7 @@ async def run(ctx: WorkContext) -> Outcome:
         ctx.check_cancelled()
         events = [event for _, event in results if event is not None]
         await ctx.emit_records(events)
-        for outcome, event in results:
-            if event is None:
-                state.skipped[outcome] = state.skipped.get(outcome, 0) + 1
+        count_reasons(state.skipped, (outcome for outcome, event in results if event is None))
         state.handled += len(page)
         state.after = page[-1].uri
         await ctx.progress(state.handled, to_checkpoint(state), total_records=state.total)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,6 +162,12 @@ class WorkContext:
             await asyncio.sleep(PROGRESS_INTERVAL_S / 4)
             if time.monotonic() - self._last_emit >= PROGRESS_INTERVAL_S:
                 await self._emit_latest()
+
+
+def count_reasons(counts: dict[str, int], reasons: Iterable[str]) -> None:
+    """Add each reason once to `counts` (an operation's skipReasons, kept in its checkpoint)."""
+    for reason in reasons:
+        counts[reason] = counts.get(reason, 0) + 1
 
 
 def to_checkpoint(struct: msgspec.Struct) -> dict[str, Any]:

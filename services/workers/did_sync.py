@@ -12,6 +12,7 @@ from services.workers.context import (
     OperationFailed,
     Outcome,
     WorkContext,
+    count_reasons,
     from_checkpoint,
     to_checkpoint,
 )
@@ -36,8 +37,7 @@ async def run(ctx: WorkContext) -> Outcome:
         await ctx.emit_records(events)
         state.count += len(events)
         state.skipped += len(skipped)
-        for reason in skipped:
-            state.reasons[reason] = state.reasons.get(reason, 0) + 1
+        count_reasons(state.reasons, skipped)
         state.position = position
         state.pds_url = pds_url
         await ctx.progress(state.count, to_checkpoint(state))

@@ -18,6 +18,7 @@ from services.workers.context import (
     Outcome,
     WorkContext,
     caught_up_index,
+    count_reasons,
     from_checkpoint,
     to_checkpoint,
 )
@@ -80,8 +81,7 @@ async def _upserts(ctx: WorkContext, pds_url: str, did: str, state: Checkpoint) 
     async def on_page(events, position: RepoPosition, skipped: list[str]) -> None:
         await ctx.emit_records(events)
         state.count += len(events)
-        for reason in skipped:
-            state.reasons[reason] = state.reasons.get(reason, 0) + 1
+        count_reasons(state.reasons, skipped)
         state.position = position
         await ctx.progress(state.count, to_checkpoint(state))
 

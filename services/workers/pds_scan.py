@@ -18,6 +18,7 @@ from services.workers.context import (
     OperationFailed,
     Outcome,
     WorkContext,
+    count_reasons,
     from_checkpoint,
     to_checkpoint,
 )
@@ -135,8 +136,7 @@ async def _scan_pds(ctx, pds_url, state: Checkpoint, in_flight, report) -> None:
                     pass
                 state.count += in_flight.pop(did)
                 state.skipped += len(skipped)
-                for reason in skipped:
-                    state.reasons[reason] = state.reasons.get(reason, 0) + 1
+                count_reasons(state.reasons, skipped)
                 state.done.append(did)
                 await report()
 
