@@ -124,8 +124,7 @@ async def extract(
     except SourceUnavailable:
         return f"PDS unreachable: {pds}", None
     except XrpcCallError as exc:
-        # The reference PDS (0.5.x) answers a missing blob with InvalidRequest "Blob not found".
-        if exc.error in GONE or (exc.error == "InvalidRequest" and exc.message == "Blob not found"):
+        if exc.error in GONE:
             return "document not found", None
         if exc.error == "BlobTooLarge":
             return "document too large", None

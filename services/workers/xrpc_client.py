@@ -77,10 +77,17 @@ class XrpcClient:
 
     async def blob(self, base_url: str, did: str, cid: str, max_bytes: int) -> bytes:
         """com.atproto.sync.getBlob; XrpcCallError("BlobTooLarge") past max_bytes (counted as
-        it streams in, never after the whole download)."""
+        it streams in, never after the whole download), "BlobNotFound" for a missing blob."""
         url = f"{base_url.rstrip('/')}/xrpc/com.atproto.sync.getBlob"
         params = {"did": did, "cid": cid}
-        return await self._get(url, params, max_bytes, lambda b: b, too_large="BlobTooLarge")
+        try:
+            return await self._get(url, params, max_bytes, lambda b: b, too_large="BlobTooLarge")
+        except XrpcCallError as exc:
+            # The reference PDS (0.5.x) answers a missing blob with 400 InvalidRequest "Blob
+            # not found"; callers get the lexicon's name for it.
+            if (exc.status, exc.error, exc.message) != (400, "InvalidRequest", "Blob not found"):
+                raise
+            raise XrpcCallError(url, 400, "BlobNotFound", exc.message) from None
 
     async def _get(
         self,
