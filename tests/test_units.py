@@ -6,9 +6,9 @@ import pytest
 
 from services.api.lexicon import LexiconError, Lexicons
 from services.api.params import backfill_params, dedupe_key
-from services.api.xrpc import XrpcError
 from services.atproto import keys
 from services.atproto import syntax as formats
+from services.atproto.errors import XrpcError
 from services.settings import SettingsError, load
 
 

@@ -20,7 +20,8 @@ from services.api.auth import ServiceAuth
 from services.api.lexicon import Lexicons
 from services.api.params import backfill_params, dedupe_key
 from services.api.views import operation_view
-from services.api.xrpc import Call, XrpcError, XrpcServer, invalid_request
+from services.api.xrpc import Call, XrpcServer, invalid_request
+from services.atproto.errors import XrpcError
 from services.rate_limit import RateLimiter
 
 TRIGGER = "pub.chive.admin.triggerBackfill"

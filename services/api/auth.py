@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-from services.api.xrpc import XrpcError
+from services.atproto.errors import XrpcError
 from services.atproto.identity import DidResolver
-from services.atproto.service_auth import AuthError, Caller, ServiceAuthVerifier
+from services.atproto.service_auth import Caller, ServiceAuthVerifier
 
 
 class ServiceAuth:
@@ -16,10 +16,7 @@ class ServiceAuth:
     async def require_admin(
         self, authorization: str | None, lxm: str, client: str = "unknown"
     ) -> Caller:
-        try:
-            caller = await self._verifier.verify(authorization, lxm, client)
-        except AuthError as exc:
-            raise XrpcError(exc.status, exc.error, exc.message) from None
+        caller = await self._verifier.verify(authorization, lxm, client)
         if caller.did not in self._admins:
             raise XrpcError(403, "AdminRequired", "This method requires an admin account")
         return caller

@@ -12,7 +12,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from events import model
 from events.model import BACKFILL_TYPES
-from services.api.xrpc import XrpcError, invalid_request
+from services.api.xrpc import invalid_request
+from services.atproto.errors import XrpcError
 from services.atproto.syntax import is_http_url, parse_at_uri
 
 # Parameters each type accepts; any other given parameter is an error naming it.

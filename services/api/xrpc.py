@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.api.lexicon import LexiconError, Lexicons
+from services.atproto.errors import XrpcError
 from services.rate_limit import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -28,14 +29,6 @@ log = logging.getLogger(__name__)
 JSON_LIMIT_BYTES = 100 * 1024
 # A body must arrive whole within this: a client trickling bytes cannot hold a handler.
 BODY_TIMEOUT_S = 10.0
-
-
-class XrpcError(Exception):
-    def __init__(self, status: int, error: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.error = error
-        self.message = message
 
 
 def invalid_request(message: str) -> XrpcError:

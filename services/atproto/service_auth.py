@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 
 from services.atproto import keys
+from services.atproto.errors import XrpcError
 from services.atproto.identity import DidNotFound, DidResolver, ResolutionError, signing_key_method
 from services.atproto.syntax import is_did
 from services.rate_limit import RateLimiter
@@ -23,18 +24,8 @@ CLOCK_SKEW_S = 60
 FRESH_LOOKUPS_PER_CLIENT_PER_MINUTE = 10
 
 
-class AuthError(Exception):
-    """A token that does not prove its caller: the XRPC status and error name to answer."""
-
-    def __init__(self, status: int, error: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.error = error
-        self.message = message
-
-
-def _unauthenticated(message: str) -> AuthError:
-    return AuthError(401, "AuthenticationRequired", message)
+def _unauthenticated(message: str) -> XrpcError:
+    return XrpcError(401, "AuthenticationRequired", message)
 
 
 def _is_number(value: object) -> bool:
@@ -126,7 +117,7 @@ class ServiceAuthVerifier:
         except DidNotFound:
             raise _unauthenticated("could not resolve jwt issuer") from None
         except ResolutionError:
-            raise AuthError(
+            raise XrpcError(
                 502, "UpstreamFailure", "could not reach the jwt issuer's DID directory"
             ) from None
         return key
