@@ -32,10 +32,10 @@ from projections.records import RecordIndex
 from services.audit import replay_into
 from services.bootstrap import open_log as bootstrap_log
 from services.workers.repo_scan import ListRecords
-from tests.broker import kafka_broker
-from tests.conftest import eventually
-from tests.harness import Admin, running_service, settings_for
-from tests.servers import FakePds, FakePlc
+from testkit.broker import kafka_broker
+from testkit.harness import Admin, running_service, settings_for
+from testkit.servers import FakePds, FakePlc
+from testkit.waiting import eventually
 
 TRIGGER = "pub.chive.admin.triggerBackfill"
 

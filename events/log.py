@@ -12,11 +12,14 @@ A log holds topics split into a fixed number of partitions; records are appended
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 import msgspec
+
+from events.waiting import Backoff
 
 
 class Message(msgspec.Struct, frozen=True):
@@ -99,14 +102,14 @@ async def append_patiently(
 ) -> list[Position]:
     """Append, waiting out an outage of the log (with capped backoff) instead of failing:
     for writers whose output must not be lost, such as a worker's records and outcomes."""
-    delay = 0.2
-    while True:
+    backoff = Backoff(cap_s=max_delay_s)
+    for attempt in itertools.count():
         try:
             return await event_log.append(topic, entries)
         except LogUnavailable as exc:
             logging.getLogger(__name__).warning("append to %s failed, retrying: %s", topic, exc)
-            await asyncio.sleep(delay)
-            delay = min(max_delay_s, delay * 2)
+            await asyncio.sleep(backoff.delay(attempt))
+    raise AssertionError("unreachable")
 
 
 async def caught_up_everywhere(reader: Reader, partitions: int) -> bool:

@@ -155,7 +155,6 @@ OperationEvent = (
 RecordEvent = RecordUpserted | RecordDeleted | CitationsExtracted
 AnyEvent = OperationEvent | RecordEvent
 
-TERMINAL_EVENTS = (BackfillCompleted, BackfillFailed, BackfillCancelled)
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(AnyEvent)

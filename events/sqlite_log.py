@@ -175,6 +175,9 @@ class SqliteEventLog:
         on_assigned: PartitionsCallback | None = None,
         on_revoked: PartitionsCallback | None = None,
     ) -> SqliteGroupConsumer:
+        # Every member of a group on the embedded log is given every partition (one process
+        # owns the file), so a partition is never taken away and on_revoked never fires.
+        del on_revoked
         return SqliteGroupConsumer(self, topic, group, on_assigned)
 
 

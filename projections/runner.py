@@ -12,6 +12,7 @@ from typing import Protocol
 from events import dlq, model
 from events.log import EventLog, LogUnavailable, Message, Position, caught_up_everywhere
 from events.pulse import Pulse
+from events.waiting import sleep_unless_stopped
 
 log = logging.getLogger(__name__)
 
@@ -82,14 +83,9 @@ class ProjectionRunner:
         self._positions: dict[int, int] = {}
         self._advanced = Pulse()
         self._caught_up_at = float("-inf")
-        self.poisoned = 0
         # Held while a batch folds; fullReindex holds it to swap the store's database.
         self._fold_lock = asyncio.Lock()
         self._reseek = False
-
-    @property
-    def projection(self) -> Projection:
-        return self._projection
 
     @property
     def positions(self) -> dict[int, int]:
@@ -127,7 +123,7 @@ class ProjectionRunner:
                         self._advanced.fire()
             except LogUnavailable as exc:
                 log.warning("%s: log unavailable, retrying: %s", self._name, exc)
-                await _wait(stop, _RETRY_DELAY)
+                await sleep_unless_stopped(stop, _RETRY_DELAY)
             finally:
                 await reader.stop()
 
@@ -144,7 +140,6 @@ class ProjectionRunner:
     async def _park(self, poison: list[tuple[Message, str]]) -> None:
         """Dead-letter first, durably, so skipping an event never loses it."""
         for message, reason in poison:
-            self.poisoned += 1
             log.error(
                 "%s: parking %s@%s in the DLQ: %s",
                 self._name,
@@ -178,10 +173,3 @@ class ProjectionRunner:
                 return False
             await self._advanced.wait(remaining)
         return True
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        pass

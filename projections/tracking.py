@@ -67,6 +67,14 @@ class TrackedStore:
             await self._conn.close()
             self._conn = None
 
+    async def take_over(self, other: TrackedStore) -> None:
+        """Serve from `other`'s database from now on (its connection moves here, this one's
+        closes). The caller has stopped writes to both."""
+        old, self._conn, other._conn = self._conn, other._conn, None
+        self.path = other.path
+        if old is not None:
+            await old.close()
+
     @property
     def conn(self) -> aiosqlite.Connection:
         if self._conn is None:

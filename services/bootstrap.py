@@ -7,13 +7,16 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import NamedTuple
 
 from events import dlq, model
 from events.kafka_log import KafkaEventLog
 from events.log import EventLog
 from events.sqlite_log import SqliteEventLog
 from projections import index_location
+from projections.index_reader import FollowingIndex
 from projections.operations import OperationsStore
+from projections.rebuild import Reindexer
 from projections.records import RecordIndex
 from projections.runner import ProjectionRunner
 from services import outbound
@@ -155,10 +158,11 @@ async def run_workers(
     event_log: EventLog,
     types: list[str],
     stop: asyncio.Event,
-    index_runner: ProjectionRunner | None = None,
+    projector: Projector | None = None,
 ) -> None:
-    """`index_runner`: the projector's runner when it runs in this process."""
-    if BESIDE_PROJECTOR & set(types) and index_runner is None:
+    """`projector`: the records projection when it runs in this process."""
+    index_runner = projector.runner if projector else None
+    if BESIDE_PROJECTOR & set(types) and projector is None:
         raise SystemExit(
             f"{', '.join(sorted(BESIDE_PROJECTOR & set(types)))} works on the projector's index: "
             "it runs inside `chive-backfill projector` (or `up`), not as a worker of its own"
@@ -175,7 +179,7 @@ async def run_workers(
             index = (
                 RecordIndex(settings.data_dir / "worker-records.db")
                 if own_replica
-                else RecordIndex.reader_in(settings.data_dir)
+                else FollowingIndex(settings.data_dir)
             )
             await index.open()
             stack.push_async_callback(index.close)
@@ -195,8 +199,7 @@ async def run_workers(
             governance_did=settings.governance_did,
             index=index,
             index_runner=runner,
-            projector=index_runner,
-            data_dir=settings.data_dir,
+            reindexer=projector.reindexer if projector else None,
             grobid=Grobid(fetcher.http, settings.grobid_url, policy)
             if settings.grobid_url
             else None,
@@ -212,30 +215,39 @@ async def run_workers(
             await _cancel(tasks)
 
 
-def records_projection(
-    settings: Settings, event_log: EventLog
-) -> tuple[RecordIndex, ProjectionRunner]:
+class Projector(NamedTuple):
+    """The records projection of a process: its index, the runner folding into it and the
+    rebuild that can replace it."""
+
+    index: RecordIndex
+    runner: ProjectionRunner
+    reindexer: Reindexer
+
+
+def records_projection(settings: Settings, event_log: EventLog) -> Projector:
     index = RecordIndex(index_location.active_path(settings.data_dir))
-    return index, ProjectionRunner(event_log, index, "records")
+    runner = ProjectionRunner(event_log, index, "records")
+    return Projector(index, runner, Reindexer(event_log, runner, index, settings.data_dir))
 
 
 async def run_projector(
     settings: Settings,
     event_log: EventLog,
     stop: asyncio.Event,
-    runner: ProjectionRunner | None = None,
+    projector: Projector | None = None,
 ) -> None:
-    """`runner`: a records projection whose index the caller has opened (and will close).
+    """`projector`: a records projection whose index the caller has opened (and will close).
     Without one, this process owns the index, and runs the workers that work on it."""
-    if runner is not None:
-        await runner.run(stop)
+    if projector is not None:
+        await projector.runner.run(stop)
         return
-    index, runner = records_projection(settings, event_log)
+    projector = records_projection(settings, event_log)
+    index = projector.index
     await index.open()
     tasks = [
-        asyncio.create_task(runner.run(stop), name="projector"),
+        asyncio.create_task(projector.runner.run(stop), name="projector"),
         asyncio.create_task(
-            run_workers(settings, event_log, sorted(BESIDE_PROJECTOR), stop, runner),
+            run_workers(settings, event_log, sorted(BESIDE_PROJECTOR), stop, projector),
             name="projector-workers",
         ),
     ]
@@ -256,13 +268,13 @@ async def run_all(
         event_log = await stack.enter_async_context(open_log(settings))
         # One record index in one process: workers that read it share the projector's. It is
         # opened here, first, so no two connections race to create the file.
-        index, runner = records_projection(settings, event_log)
-        await index.open()
-        stack.push_async_callback(index.close)
+        projector = records_projection(settings, event_log)
+        await projector.index.open()
+        stack.push_async_callback(projector.index.close)
         tasks = [
             asyncio.create_task(run_api(settings, event_log, stop, on_ready)),
-            asyncio.create_task(run_projector(settings, event_log, stop, runner)),
-            asyncio.create_task(run_workers(settings, event_log, list(HANDLERS), stop, runner)),
+            asyncio.create_task(run_projector(settings, event_log, stop, projector)),
+            asyncio.create_task(run_workers(settings, event_log, list(HANDLERS), stop, projector)),
         ]
         try:
             await _until_first_done(tasks, stop)

@@ -58,7 +58,12 @@ def _parser() -> argparse.ArgumentParser:
     dead = sub.add_parser("dlq", help="the dead-letter topic")
     dead.add_argument("action", choices=["list", "replay"])
     token = sub.add_parser("token", help="mint a service-auth JWT signed by the local admin key")
-    token.add_argument("--lxm", default=None, help="method NSID (default: every admin method)")
+    token.add_argument(
+        "--lxm",
+        default=METHODS[0],
+        choices=METHODS,
+        help=f"the one method the token is good for (default: {METHODS[0]})",
+    )
     token.add_argument(
         "--ttl",
         type=_ttl,
@@ -147,9 +152,8 @@ async def _async_main(settings, args) -> int:
 def _token(settings, args) -> int:
     key = bootstrap.local_admin_key(settings)
     did = key.public.did_key()
-    # A token without lxm is refused; "every admin method" means one lxm per call, so the
-    # default mints for the method most callers start with and prints how to get others.
-    lxm = args.lxm or METHODS[0]
+    # A service-auth token names one method (lxm); a token without one is refused.
+    lxm = args.lxm
     print(keys.mint_service_jwt(key, iss=did, aud=settings.service_did, lxm=lxm, ttl_s=args.ttl))
     print(f"issuer {did}, lxm {lxm}, valid {args.ttl}s", file=sys.stderr)
     return 0
@@ -180,7 +184,7 @@ async def _events(settings, args) -> int:
 
 
 async def _records(settings, args) -> int:
-    from projections.records import RecordIndex
+    from projections.index_reader import FollowingIndex
 
     if args.action != "stats" and not args.argument:
         print(f"records {args.action} needs an argument", file=sys.stderr)
@@ -188,7 +192,7 @@ async def _records(settings, args) -> int:
     if not index_location.active_path(settings.data_dir).exists():
         print(f"no record index in {settings.data_dir}", file=sys.stderr)
         return 1
-    index = RecordIndex.reader_in(settings.data_dir)
+    index = FollowingIndex(settings.data_dir)
     await index.open()
     try:
         if args.action == "stats":

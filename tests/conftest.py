@@ -1,13 +1,10 @@
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
-from collections.abc import Awaitable, Callable
 
 import pytest
 
-from tests.broker import kafka_broker
+from testkit.broker import kafka_broker
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +27,7 @@ def kafka(request, log_kind) -> str | None:
 
 @pytest.fixture
 def admin():
-    from tests.harness import Admin
+    from testkit.harness import Admin
 
     return Admin()
 
@@ -39,26 +36,6 @@ def admin():
 def unique() -> str:
     """A suffix for topic and group names so tests sharing one broker never collide."""
     return uuid.uuid4().hex[:10]
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]] | Callable[[], bool],
-    *,
-    timeout: float = 20.0,
-    interval: float = 0.02,
-    what: str = "condition",
-):
-    """Wait on a condition with a deadline (never a bare sleep as synchronisation)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(interval)
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -70,7 +47,7 @@ def pytest_sessionfinish(session, exitstatus):
 
 @pytest.fixture(scope="session")
 def pds():
-    from tests.servers import FakePds
+    from testkit.servers import FakePds
 
     server = FakePds().start()
     yield server
@@ -79,7 +56,7 @@ def pds():
 
 @pytest.fixture(scope="session")
 def plc():
-    from tests.servers import FakePlc
+    from testkit.servers import FakePlc
 
     server = FakePlc().start()
     yield server
@@ -89,7 +66,7 @@ def plc():
 @pytest.fixture
 def fresh_pds():
     """A PDS of the test's own, for tests that change its data or faults."""
-    from tests.servers import FakePds
+    from testkit.servers import FakePds
 
     server = FakePds().start()
     yield server
@@ -97,7 +74,7 @@ def fresh_pds():
 
 
 def pytest_report_header(config):
-    from tests.broker import broker_kind
+    from testkit.broker import broker_kind
 
     return f"Kafka tests run on: {broker_kind()}"
 
@@ -105,7 +82,7 @@ def pytest_report_header(config):
 @pytest.fixture(scope="session")
 def atproto(tmp_path_factory):
     """The reference PDS and PLC directory (npm), on loopback, for the whole session."""
-    from tests.atproto_reference import reference_atproto
+    from testkit.atproto_reference import reference_atproto
 
     with reference_atproto(tmp_path_factory.mktemp("atproto")) as servers:
         yield servers

@@ -9,9 +9,9 @@ import asyncio
 
 from events import model
 from events.kafka_log import KafkaEventLog
-from tests.broker import free_port
-from tests.conftest import eventually
-from tests.harness import Admin, Client, ServiceProcess, service_env, starts
+from testkit.broker import free_port
+from testkit.harness import Admin, Client, ServiceProcess, service_env, starts
+from testkit.waiting import eventually
 
 
 async def test_identical_triggers_across_two_replicas_start_one_operation(

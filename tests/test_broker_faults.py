@@ -14,14 +14,14 @@ import msgspec
 import pytest
 
 from projections import index_location
-from projections.records import RecordIndex
+from projections.index_reader import FollowingIndex
 from services import bootstrap
 from services.audit import verify
-from tests.apache_kafka import ApacheKafka
-from tests.broker import free_port
-from tests.conftest import eventually
-from tests.harness import Admin, running_service, settings_for, wait_index
-from tests.proxy import CuttableProxy
+from testkit.apache_kafka import ApacheKafka
+from testkit.broker import free_port
+from testkit.harness import Admin, running_service, settings_for, wait_index
+from testkit.proxy import CuttableProxy
+from testkit.waiting import eventually
 
 
 @pytest.fixture
@@ -111,7 +111,7 @@ async def test_broker_outage_mid_rebuild(behind_proxy, plc, fresh_pds, unique):
         sync = await client.trigger(type="didSync", did=did)
         assert (await client.wait_finished(sync["id"], timeout=60))["status"] == "completed"
         await wait_index(settings.data_dir, fresh_pds.chive_uris())
-        live = RecordIndex.reader_in(settings.data_dir)
+        live = FollowingIndex(settings.data_dir)
         await live.open()
         before = await live.snapshot()
         op = await client.trigger(type="fullReindex", batchSize=1)

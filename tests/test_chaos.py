@@ -11,11 +11,10 @@ import random
 import pytest
 
 from events.model import BACKFILL_TYPES
-from projections.records import RecordIndex
+from projections.index_reader import FollowingIndex
 from services.bootstrap import BESIDE_PROJECTOR
-from tests.broker import free_port
-from tests.conftest import eventually
-from tests.harness import (
+from testkit.broker import free_port
+from testkit.harness import (
     Admin,
     Client,
     ServiceProcess,
@@ -24,6 +23,7 @@ from tests.harness import (
     service_env,
     settings_for,
 )
+from testkit.waiting import eventually
 
 KILLS = {"sqlite": 10, "kafka": 12}
 
@@ -68,7 +68,7 @@ async def run_undisturbed(tmp_path, plc, workload) -> tuple[set, list]:
     async with running_service(settings, admin) as client:
         ops = [await client.trigger(**body) for body in workload]
         finished = [await client.wait_finished(op["id"], timeout=120) for op in ops]
-        index = RecordIndex.reader_in(settings.data_dir)
+        index = FollowingIndex(settings.data_dir)
         await index.open()
         total = sum(o["recordsProcessed"] for o in finished if o["type"] == "pdsScan")
 
@@ -83,7 +83,7 @@ async def run_undisturbed(tmp_path, plc, workload) -> tuple[set, list]:
 
 @pytest.mark.parametrize("log_kind", ["sqlite", "kafka"])
 async def test_seeded_kills_change_nothing(log_kind, kafka, tmp_path, plc, unique):
-    from tests.servers import FakePds
+    from testkit.servers import FakePds
 
     pds_a, pds_b = FakePds().start(), FakePds().start()
     try:
@@ -153,7 +153,7 @@ async def test_seeded_kills_change_nothing(log_kind, kafka, tmp_path, plc, uniqu
             env, tmp_path / "catchup.log", ("projector",) if kafka else ("up",)
         )
         catch_up.start()
-        index = RecordIndex.reader_in(tmp_path / "data")
+        index = FollowingIndex(tmp_path / "data")
         await index.open()
         try:
 

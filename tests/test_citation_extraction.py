@@ -11,12 +11,11 @@ import msgspec
 
 from events import model
 from events.log import read_to_end
-from projections.records import RecordIndex
+from projections.index_reader import FollowingIndex
 from services import bootstrap
-from tests.broker import free_port
-from tests.conftest import eventually
-from tests.documents import paper_pdf
-from tests.harness import (
+from testkit.broker import free_port
+from testkit.documents import paper_pdf
+from testkit.harness import (
     attempts,
     kill_while_running,
     process_service,
@@ -25,7 +24,8 @@ from tests.harness import (
     service_env,
     settings_for,
 )
-from tests.servers import FakeGrobid, cid_for
+from testkit.servers import FakeGrobid, cid_for
+from testkit.waiting import eventually
 
 SUBMISSION = "pub.chive.eprint.submission"
 PDF = "application/pdf"
@@ -169,7 +169,7 @@ async def test_pdf_text_citations_matched_and_user_records_kept(
         assert arxiv.arxiv_id == "2101.00001" and arxiv.matched_uri is None
         assert unknown.matched_uri is None and unknown.year == 1999
 
-        index = RecordIndex.reader_in(settings.data_dir)
+        index = FollowingIndex(settings.data_dir)
         await index.open()
         try:
 
@@ -236,7 +236,7 @@ async def test_grobid_tei_and_a_new_set_replaces_the_old(
             grobid.register(citing_pdf, [{"title": "Only one reference is left now"}])
             second = await client.trigger(type="citationExtraction", uri=uris["citing"])
             assert (await client.wait_finished(second["id"]))["status"] == "completed"
-            index = RecordIndex.reader_in(settings.data_dir)
+            index = FollowingIndex(settings.data_dir)
             await index.open()
             try:
 
@@ -312,7 +312,7 @@ async def test_sigkill_mid_extraction_resumes_to_the_exact_count(
         op = await client.trigger(type="citationExtraction")
         await kill_while_running(service, client, op["id"], (300, 900))
         done = await client.wait_finished(op["id"], timeout=120)
-        index = RecordIndex.reader_in(tmp_path / "data")
+        index = FollowingIndex(tmp_path / "data")
         await index.open()
         try:
 

@@ -7,9 +7,9 @@ import json
 
 import httpx
 
-from tests.broker import free_port
-from tests.conftest import eventually
-from tests.harness import ServiceProcess, run_cli, service_env
+from testkit.broker import free_port
+from testkit.harness import ServiceProcess, run_cli, service_env
+from testkit.waiting import eventually
 
 
 async def test_token_events_and_stats(tmp_path, plc, fresh_pds, unique):

@@ -8,9 +8,9 @@ import random
 
 import pytest
 
-from tests.broker import free_port
-from tests.conftest import eventually
-from tests.harness import Admin, Client, ServiceProcess, run_cli, service_env, wait_index
+from testkit.broker import free_port
+from testkit.harness import Admin, Client, ServiceProcess, run_cli, service_env, wait_index
+from testkit.waiting import eventually
 
 KILLS = 3
 

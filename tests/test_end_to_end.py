@@ -8,7 +8,7 @@ import re
 import pytest
 
 from services.workers import pds_scan
-from tests.harness import running_service, settings_for, wait_index
+from testkit.harness import running_service, settings_for, wait_index
 
 DATETIME_MS_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -123,7 +123,7 @@ async def test_duplicate_trigger_returns_the_running_operation(settings, admin, 
 
 
 async def test_unreachable_pds_fails_with_a_clear_error(settings, admin, plc, unique):
-    from tests.broker import free_port
+    from testkit.broker import free_port
 
     dead = f"http://127.0.0.1:{free_port()}"
     did = f"did:plc:dead{unique}"

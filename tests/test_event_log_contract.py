@@ -7,7 +7,7 @@ import pytest
 from events.kafka_log import KafkaEventLog
 from events.log import Entry
 from events.sqlite_log import SqliteEventLog
-from tests.conftest import eventually
+from testkit.waiting import eventually
 
 PARTITIONS = 3
 

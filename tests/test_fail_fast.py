@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.broker import free_port
+from testkit.broker import free_port
 
 DEADLINE_S = 15
 

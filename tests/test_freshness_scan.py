@@ -7,9 +7,8 @@ import msgspec
 
 from projections.records import RecordIndex
 from services.workers import freshness_scan
-from tests.broker import free_port
-from tests.conftest import eventually
-from tests.harness import (
+from testkit.broker import free_port
+from testkit.harness import (
     attempts,
     kill_while_running,
     process_service,
@@ -18,7 +17,8 @@ from tests.harness import (
     settings_for,
     wait_index,
 )
-from tests.servers import FakePds, cid_for
+from testkit.servers import FakePds, cid_for
+from testkit.waiting import eventually
 
 
 async def synced(client, plc, pds, did: str, counts: dict[str, int]) -> None:

@@ -12,11 +12,11 @@ import sqlite3
 from events import model
 from events.log import read_to_end
 from projections import index_location
+from projections.index_reader import FollowingIndex
 from projections.records import RecordIndex
 from services import bootstrap
-from tests.broker import free_port
-from tests.conftest import eventually
-from tests.harness import (
+from testkit.broker import free_port
+from testkit.harness import (
     attempts,
     process_service,
     run_cli,
@@ -25,6 +25,7 @@ from tests.harness import (
     settings_for,
     wait_index,
 )
+from testkit.waiting import eventually
 
 SUBMISSION = "pub.chive.eprint.submission"
 
@@ -74,7 +75,7 @@ async def test_rebuild_equals_live_and_switches_without_downtime(
         assert (await client.wait_finished(scan["id"], timeout=60))["recordsDeleted"] == 2
         await wait_index(data_dir, fresh_pds.chive_uris())
 
-        reader, watcher = RecordIndex.reader_in(data_dir), RecordIndex.reader_in(data_dir)
+        reader, watcher = FollowingIndex(data_dir), FollowingIndex(data_dir)
         await reader.open()
         await watcher.open()
         try:
@@ -164,7 +165,7 @@ async def test_sigkill_mid_rebuild_keeps_the_old_index_and_resumes(
 
         # Dead mid-rebuild: the old index still serves, the half-built one holds its place.
         assert index_location.active_path(data_dir) == data_dir / "records.db"
-        serving = RecordIndex.reader_in(data_dir)
+        serving = FollowingIndex(data_dir)
         await serving.open()
         assert (await serving.stats())["live"] == 6020
         await serving.close()
@@ -181,7 +182,7 @@ async def test_sigkill_mid_rebuild_keeps_the_old_index_and_resumes(
         assert await attempts(env, op["id"]) >= 2
         assert index_location.active_path(data_dir).name == f"records-{op['id']}.db"
         assert not (data_dir / "records.db").exists()
-        rebuilt = RecordIndex.reader_in(data_dir)
+        rebuilt = FollowingIndex(data_dir)
         await rebuilt.open()
         assert await rebuilt.snapshot() == before
         await rebuilt.close()

@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from events import model
-from tests.broker import free_port
-from tests.harness import Admin, ServiceProcess, service_env
-from tests.servers import wait_until
+from testkit.broker import free_port
+from testkit.harness import Admin, ServiceProcess, service_env
+from testkit.servers import wait_until
 
 METHODS = [
     "pub.chive.admin.triggerBackfill",

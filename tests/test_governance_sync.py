@@ -8,9 +8,8 @@ import msgspec
 import pytest
 
 from projections.records import RecordIndex
-from tests.broker import free_port
-from tests.conftest import eventually
-from tests.harness import (
+from testkit.broker import free_port
+from testkit.harness import (
     attempts,
     kill_while_running,
     process_service,
@@ -18,6 +17,7 @@ from tests.harness import (
     service_env,
     settings_for,
 )
+from testkit.waiting import eventually
 
 
 def node(i: int, **overrides) -> dict:

@@ -26,10 +26,10 @@ from services.atproto.identity import DidNotFound, DidResolver, did_web_url
 from services.workers import pdf_text as pdf_text_module
 from services.workers.pdf_text import PdfTextPool, UnreadablePdf
 from services.workers.xrpc_client import RetryPolicy, SourceUnavailable, XrpcClient
-from tests.conftest import eventually
-from tests.documents import paper_pdf
-from tests.harness import SERVICE_DID, Admin, running_service, settings_for
-from tests.hostile_servers import HostileServer, Reply, gzip_bomb
+from testkit.documents import paper_pdf
+from testkit.harness import SERVICE_DID, Admin, running_service, settings_for
+from testkit.hostile_servers import HostileServer, Reply, gzip_bomb
+from testkit.waiting import eventually
 
 STATUS = "pub.chive.admin.getBackfillStatus"
 TRIGGER = "pub.chive.admin.triggerBackfill"
@@ -452,7 +452,7 @@ def test_index_file_names_stay_in_the_data_dir(tmp_path):
 
 
 async def test_token_command_mints_short_lived_tokens(tmp_path):
-    from tests.harness import run_cli
+    from testkit.harness import run_cli
 
     code, out, err = await run_cli({"CHIVE_DATA_DIR": str(tmp_path)}, "token", "--lxm", STATUS)
     assert code == 0, err

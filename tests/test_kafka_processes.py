@@ -11,9 +11,9 @@ from events import model
 from events.kafka_log import KafkaEventLog
 from projections import index_location
 from services.bootstrap import BESIDE_PROJECTOR
-from tests.broker import free_port
-from tests.conftest import eventually
-from tests.harness import Admin, Client, ServiceProcess, service_env, starts, wait_index
+from testkit.broker import free_port
+from testkit.harness import Admin, Client, ServiceProcess, service_env, starts, wait_index
+from testkit.waiting import eventually
 
 
 async def started_by(bootstrap: str, namespace: str, op_id: str) -> list[str]:

@@ -13,7 +13,7 @@ from aiokafka.errors import KafkaTimeoutError, OutOfOrderSequenceNumber, Unknown
 
 from events.kafka_log import KafkaEventLog
 from events.log import Entry, LogUnavailable
-from tests.harness import kafka_idempotence
+from testkit.harness import kafka_idempotence
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TOP = ("services.bootstrap", "services.cli")
 # module prefix -> prefixes it must not import
 FORBIDDEN = {
-    "events": ("projections", "services", "tests", "bench"),
-    "projections": ("services", "tests", "bench"),
+    "events": ("projections", "services", "tests", "testkit", "bench"),
+    "projections": ("services", "tests", "testkit", "bench"),
     "services.atproto": (
         "services.api",
         "services.workers",
@@ -73,3 +73,15 @@ def test_the_rules_cover_every_module():
                 continue
             loose.append(module)
     assert loose == []
+
+
+def test_the_package_never_imports_test_or_bench_code():
+    """testkit/ is not installed: a service module that imported it would break `pip install .`"""
+    found = [
+        f"{_module(path)} imports {imported}"
+        for package in ("events", "projections", "schemas", "services")
+        for path in sorted((ROOT / package).rglob("*.py"))
+        for imported in _imports(path)
+        if any(_under(imported, p) for p in ("tests", "testkit", "bench"))
+    ]
+    assert found == []

@@ -12,8 +12,8 @@ from events import dlq, model
 from events.log import Entry, read_to_end
 from services import bootstrap
 from services.audit import verify
-from tests.conftest import eventually
-from tests.harness import Admin, run_cli, running_service, settings_for, wait_index
+from testkit.harness import Admin, run_cli, running_service, settings_for, wait_index
+from testkit.waiting import eventually
 
 
 @pytest.mark.parametrize("log_kind", ["sqlite", "kafka"])

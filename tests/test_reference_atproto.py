@@ -1,4 +1,4 @@
-"""The service against the reference AT Protocol servers (tests/atproto_reference.py): accounts
+"""The service against the reference AT Protocol servers (testkit/atproto_reference.py): accounts
 created through the real PDS, registered in the real PLC directory (whose documents carry the
 legacy `EcdsaSecp256k1VerificationKey2019` key form), records and a PDF blob written with
 com.atproto.repo.*, and admin tokens minted by the PDS's getServiceAuth. Every backfill type
@@ -10,10 +10,10 @@ import httpx
 import msgspec
 import pytest
 
-from projections.records import RecordIndex
-from tests.conftest import eventually
-from tests.documents import paper_pdf
-from tests.harness import SERVICE_DID, running_service, settings_for
+from projections.index_reader import FollowingIndex
+from testkit.documents import paper_pdf
+from testkit.harness import SERVICE_DID, running_service, settings_for
+from testkit.waiting import eventually
 
 TRIGGER = "pub.chive.admin.triggerBackfill"
 STATUS = "pub.chive.admin.getBackfillStatus"
@@ -156,7 +156,7 @@ async def test_every_type_against_the_reference_servers(settings, atproto, world
     admin, config = settings
     alice, gov = world["alice"], world["gov"]
     async with running_service(config, admin) as client:
-        index = RecordIndex.reader_in(config.data_dir)
+        index = FollowingIndex(config.data_dir)
 
         async def run(**params) -> dict:
             op = await client.trigger(**params)

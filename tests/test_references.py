@@ -12,8 +12,8 @@ from services.workers.references import (
     references_from_text,
     split_entries,
 )
-from tests.documents import paper_pdf
-from tests.servers import tei
+from testkit.documents import paper_pdf
+from testkit.servers import tei
 
 REFERENCES = [
     "A. Smith and B. Jones. Graph neural networks for citation analysis of preprints. "

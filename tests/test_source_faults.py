@@ -8,7 +8,7 @@ import pytest
 
 from services import bootstrap
 from services.audit import verify
-from tests.harness import running_service, settings_for, wait_index
+from testkit.harness import running_service, settings_for, wait_index
 
 
 @pytest.fixture

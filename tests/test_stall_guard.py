@@ -10,8 +10,8 @@ import msgspec
 import pytest
 
 from services import bootstrap
-from tests.conftest import eventually
-from tests.harness import Admin, Client, settings_for
+from testkit.harness import Admin, Client, settings_for
+from testkit.waiting import eventually
 
 
 @pytest.mark.parametrize("log_kind", ["sqlite", "kafka"])

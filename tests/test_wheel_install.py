@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.broker import free_port
-from tests.servers import wait_until
+from testkit.broker import free_port
+from testkit.servers import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 

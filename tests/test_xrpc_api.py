@@ -1,4 +1,4 @@
-"""The XRPC surface: verbs, bodies, auth, input rules, errors, pagination (DESIGN.md 2-4)."""
+"""The XRPC surface: verbs, bodies, auth, input rules, errors, pagination."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from urllib.parse import quote
 import pytest
 
 from services.atproto import keys
-from tests.conftest import eventually
-from tests.harness import SERVICE_DID, Admin, running_service, settings_for
+from testkit.harness import SERVICE_DID, Admin, running_service, settings_for
+from testkit.waiting import eventually
 
 TRIGGER = "pub.chive.admin.triggerBackfill"
 STATUS = "pub.chive.admin.getBackfillStatus"
@@ -164,7 +164,7 @@ async def test_did_web_admin(tmp_path, plc, fresh_pds, curve, form):
     port = fresh_pds.url.rsplit(":", 1)[1]
     did = f"did:web:localhost{quote(':')}{port}"
     key = keys.PrivateKey.generate(curve)
-    from tests.servers import did_document
+    from testkit.servers import did_document
 
     fresh_pds.did_web_documents[f"localhost:{port}"] = did_document(
         did, key_multibase=key.public.multibase(), form=form

@@ -1,4 +1,4 @@
-"""XRPC over FastAPI with the reference server's rules (DESIGN.md section 2).
+"""XRPC over FastAPI with the reference server's rules (pinned by tests/test_xrpc_api.py).
 
 One route, `/xrpc/{nsid}`, dispatches to registered methods. Checks run in the reference
 order: method known (501), verb (400), params (400), auth (401/403), body (400/413), handler;

@@ -1,4 +1,4 @@
-"""Lexicon string formats, as @atproto/syntax defines them (DESIGN.md section 3)."""
+"""Lexicon string formats, as @atproto/syntax defines them."""
 
 from __future__ import annotations
 

@@ -11,13 +11,13 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from events import model
 from events.log import Entry, EventLog, append_patiently
+from projections.rebuild import Reindexer
 from projections.records import RecordIndex
 from projections.runner import ProjectionRunner
 from services.atproto.identity import DidNotFound, DidResolver, ResolutionError, pds_endpoint
@@ -61,11 +61,8 @@ class Services:
     # The worker process's own replica of the record index (types that read the index).
     index: RecordIndex | None = None
     index_runner: ProjectionRunner | None = None
-    # The projector's runner when it runs in this process (fullReindex swaps its index).
-    projector: ProjectionRunner | None = None
-    data_dir: Path | None = None
-    # One index rebuild at a time per process.
-    reindex_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # The projector's index rebuild when the projector runs in this process (fullReindex).
+    reindexer: Reindexer | None = None
     # GROBID for citationExtraction; None: the worker extracts PDF text itself, in `pdf`.
     grobid: Grobid | None = None
     pdf: PdfTextPool | None = None

@@ -27,6 +27,7 @@ from events.log import (
     Message,
     append_patiently,
 )
+from events.waiting import sleep_unless_stopped
 from projections.operations import Operation, duplicate_of, fold
 from services.workers.commit_order import CommitOrder
 from services.workers.context import (
@@ -92,7 +93,7 @@ class WorkerService:
                     await self._commit(consumer)
             except LogUnavailable as exc:
                 log.warning("%s: log unavailable, retrying: %s", self._id, exc)
-                await _wait(stop, _RETRY_DELAY_S)
+                await sleep_unless_stopped(stop, _RETRY_DELAY_S)
             finally:
                 await self._drop(
                     self._order.partitions() | {t.partition for t in self._ops.values()}
@@ -287,10 +288,3 @@ class WorkerService:
             if tracked.op.finished and op_id not in self._running:
                 if self._order.behind_commit(tracked.partition, tracked.request_offset):
                     del self._ops[op_id]
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        pass

@@ -9,14 +9,14 @@ error name (`RecordNotFound`, `RepoNotFound`, ...).
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import httpx
 import msgspec
 
+from events.waiting import Backoff
 from services import outbound
 
 T = TypeVar("T")
@@ -38,16 +38,9 @@ class XrpcCallError(RuntimeError):
 @dataclass
 class RetryPolicy:
     attempts: int = 5
-    base_delay_s: float = 0.2
-    max_delay_s: float = 5.0
+    backoff: Backoff = field(default_factory=lambda: Backoff(jitter=True))
     max_retry_after_s: float = 30.0
     timeout_s: float = 15.0
-
-    def delay(self, attempt: int, retry_after: float | None = None) -> float:
-        """Exponential backoff with jitter after attempt `attempt` (0-based), at least what
-        the server asked for."""
-        delay = min(self.max_delay_s, self.base_delay_s * 2**attempt)
-        return max(delay * (0.5 + random.random() / 2), retry_after or 0.0)
 
 
 class XrpcClient:
@@ -156,7 +149,7 @@ async def retrying(policy: RetryPolicy, attempt: Callable[[], Awaitable[T]], wha
         except Retry as exc:
             last = str(exc)
             if n + 1 < policy.attempts:
-                await asyncio.sleep(policy.delay(n, exc.retry_after))
+                await asyncio.sleep(policy.backoff.delay(n, exc.retry_after or 0.0))
     raise SourceUnavailable(f"{what} failed after {policy.attempts} attempts: {last}")
 
 

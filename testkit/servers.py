@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from services.atproto import keys
-from tests.broker import free_port, wait_for_port
+from testkit.broker import free_port, wait_for_port
 
 
 class LoopbackServer:
@@ -371,7 +371,7 @@ def did_document(
 
 
 def wait_until(check, timeout: float = 20.0, what: str = "condition"):
-    """Blocking counterpart of tests.conftest.eventually, for synchronous tests."""
+    """Blocking counterpart of testkit.waiting.eventually, for synchronous tests."""
     deadline = time.monotonic() + timeout
     while True:
         result = check()

@@ -19,7 +19,7 @@ import httpx
 from services import bootstrap
 from services.atproto import keys
 from services.settings import Settings
-from tests.conftest import eventually
+from testkit.waiting import eventually
 
 SERVICE_DID = "did:web:chive-backfill.test"
 
@@ -112,7 +112,7 @@ async def starts(bootstrap: str, namespace: str) -> list[tuple[str, str]]:
 
 def kafka_idempotence() -> bool:
     """On unless the suite's broker lacks it (Tansu has no InitProducerId)."""
-    from tests.broker import broker_kind
+    from testkit.broker import broker_kind
 
     return broker_kind() != "tansu"
 
@@ -269,9 +269,9 @@ async def run_cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
 
 async def wait_index(data_dir: Path, expected_uris: list[str], timeout: float = 20.0) -> None:
     """Wait until the record index under `data_dir` holds exactly these live records."""
-    from projections.records import RecordIndex
+    from projections.index_reader import FollowingIndex
 
-    index = RecordIndex.reader_in(data_dir)
+    index = FollowingIndex(data_dir)
     await index.open()
     try:
 

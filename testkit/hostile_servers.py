@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tests.broker import free_port, wait_for_port
+from testkit.broker import free_port, wait_for_port
 
 
 @dataclass

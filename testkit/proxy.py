@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from tests.broker import free_port
+from testkit.broker import free_port
 
 
 class CuttableProxy:

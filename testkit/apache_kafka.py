@@ -1,5 +1,5 @@
 """Apache Kafka itself for the test suite: one KRaft node (broker and controller) run from the
-release's jars, which Maven fetches from Maven Central once (tests/kafka/pom.xml pins the
+release's jars, which Maven fetches from Maven Central once (testkit/kafka/pom.xml pins the
 version) into .tools/kafka/libs. Data lives in a directory the caller owns, so a broker that is
 stopped or killed can start again on the same log."""
 
@@ -15,10 +15,10 @@ import subprocess
 import uuid
 from pathlib import Path
 
-from tests.broker import free_port, wait_for_port
+from testkit.broker import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
-POM = ROOT / "tests" / "kafka" / "pom.xml"
+POM = ROOT / "testkit" / "kafka" / "pom.xml"
 LIBS = ROOT / ".tools" / "kafka" / "libs"
 
 
