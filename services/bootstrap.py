@@ -36,7 +36,7 @@ from services.workers import (
     governance_sync,
     pds_scan,
 )
-from services.workers.context import Services
+from services.workers.context import Limits, Services
 from services.workers.grobid import Grobid
 from services.workers.pdf_text import PdfTextPool
 from services.workers.runner import Handler, WorkerService
@@ -111,7 +111,9 @@ async def run_api(
     projection = ProjectionRunner(event_log, store, "operations")
     async with outbound.Fetcher(fetch_policy(settings)) as fetcher:
         auth = ServiceAuth(
-            DidResolver(fetcher, settings.plc_url), settings.service_did, admin_dids(settings)
+            DidResolver(fetcher, settings.plc_url, settings.source_timeout_s),
+            settings.service_did,
+            admin_dids(settings),
         )
         # A write fails by the producer's own request timeout (the record is then dropped,
         # never sent late); the API's bound is a safety net just above it.
@@ -194,7 +196,7 @@ async def run_workers(
         services = Services(
             event_log,
             XrpcClient(fetcher, policy),
-            DidResolver(fetcher, settings.plc_url),
+            DidResolver(fetcher, settings.plc_url, settings.source_timeout_s),
             governance_pds_url=settings.governance_pds_url,
             governance_did=settings.governance_did,
             index=index,
@@ -204,6 +206,7 @@ async def run_workers(
             if settings.grobid_url
             else None,
             pdf=pdf,
+            limits=Limits.of(settings),
         )
         workers = [WorkerService(t, HANDLERS[t], services) for t in types]
         tasks += [

@@ -6,15 +6,18 @@ import pytest
 
 from events.kafka_log import KafkaEventLog
 from events.log import Entry
+from events.memory_log import MemoryEventLog
 from events.sqlite_log import SqliteEventLog
 from testkit.waiting import eventually
 
 PARTITIONS = 3
 
 
-@pytest.fixture(params=["sqlite", "kafka"])
+@pytest.fixture(params=["memory", "sqlite", "kafka"])
 async def log(request, tmp_path, unique):
-    if request.param == "sqlite":
+    if request.param == "memory":
+        log = MemoryEventLog(PARTITIONS)
+    elif request.param == "sqlite":
         log = SqliteEventLog(tmp_path / "events.db", PARTITIONS)
     else:
         bootstrap = request.getfixturevalue("kafka_bootstrap")

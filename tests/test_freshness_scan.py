@@ -6,7 +6,6 @@ from __future__ import annotations
 import msgspec
 
 from projections.records import RecordIndex
-from services.workers import freshness_scan
 from testkit.broker import free_port
 from testkit.harness import (
     attempts,
@@ -68,7 +67,7 @@ async def test_changed_gone_and_unreachable(kafka, admin, tmp_path, plc, unique)
             # The circuit opened: far fewer calls than 30 records x 2 attempts.
             assert (
                 dead.calls["getRecord"]
-                <= (freshness_scan.CIRCUIT_FAILURES + freshness_scan.PER_PDS) * 2
+                <= (settings.source_circuit_failures + settings.source_concurrency_per_pds) * 2
             )
             index = RecordIndex(settings.data_dir / "records.db")
             await index.open()

@@ -289,7 +289,7 @@ async def test_concurrent_lookups_of_one_did_are_one_fetch(plc, unique):
     ).start()
     try:
         async with outbound.Fetcher(LOOPBACK_OK) as fetcher:
-            resolver = DidResolver(fetcher, slow_plc.url)
+            resolver = DidResolver(fetcher, slow_plc.url, 10.0)
             docs = await asyncio.gather(
                 *(resolver.resolve(f"did:plc:slow{unique}") for _ in range(20))
             )
@@ -541,7 +541,7 @@ async def test_the_did_cache_is_bounded_in_bytes(monkeypatch, unique):
     plc_like = HostileServer({"/": document}).start()
     try:
         async with outbound.Fetcher(LOOPBACK_OK) as fetcher:
-            resolver = DidResolver(fetcher, plc_like.url)
+            resolver = DidResolver(fetcher, plc_like.url, 10.0)
             for i in range(6):
                 await resolver.resolve(f"did:plc:big{unique}{i}")
             assert len(resolver._cache) == 2

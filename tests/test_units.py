@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated, get_args, get_origin
+
+import msgspec
 import pytest
 
 from services.api.lexicon import LexiconError, Lexicons
@@ -9,7 +13,7 @@ from services.api.params import backfill_params, dedupe_key
 from services.atproto import keys
 from services.atproto import syntax as formats
 from services.atproto.errors import XrpcError
-from services.settings import SettingsError, load
+from services.settings import Settings, SettingsError, env_name, load
 
 
 @pytest.mark.parametrize(
@@ -178,9 +182,47 @@ def test_settings_from_environment(tmp_path):
         ({"CHIVE_PORT": "http"}, "integer"),
         ({"CHIVE_ADMIN_DIDS": "alice"}, "not a DID"),
         ({"CHIVE_PLC_URL": "plc"}, "URL"),
+        ({"CHIVE_PORT": "70000"}, "between 0 and 65535"),
+        ({"CHIVE_SOURCE_TIMEOUT_S": "nan"}, "between"),
+        ({"CHIVE_SOURCE_TIMEOUT_S": "soon"}, "a number"),
+        ({"CHIVE_KAFKA_IDEMPOTENCE": "maybe"}, "true or false"),
+        ({"CHIVE_LOG_LEVEL": "loud"}, "DEBUG or INFO"),
+        ({"CHIVE_GOVERNANCE_DID": "gov"}, "must be a DID"),
     ]:
         with pytest.raises(SettingsError, match=message):
             load(env)
+
+
+def test_settings_parse_every_kind():
+    s = load(
+        {
+            "CHIVE_SOURCE_TIMEOUT_S": "0.5",
+            "CHIVE_KAFKA_IDEMPOTENCE": "no",
+            "CHIVE_LOG_LEVEL": "debug",
+            "CHIVE_PLC_URL": "https://plc.example/",
+            "CHIVE_GROBID_URL": "",
+            "CHIVE_SOURCE_CONCURRENCY_PER_PDS": "2",
+            "KAFKA_BOOTSTRAP_SERVERS": "b:9092",
+        }
+    )
+    assert s.source_timeout_s == 0.5 and s.kafka_idempotence is False
+    assert s.log_level == "DEBUG" and s.plc_url == "https://plc.example"
+    assert s.grobid_url is None and s.source_concurrency_per_pds == 2
+    assert s.kafka_bootstrap_servers == "b:9092"
+    assert load({}) == Settings()  # the declared defaults are what an empty environment gives
+
+
+def test_every_setting_is_bounded_and_documented():
+    """One declaration per setting: each number has bounds, and the README's table names each
+    variable."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for field in msgspec.structs.fields(Settings):
+        assert f"`{env_name(field.name)}`" in readme, env_name(field.name)
+        kind = field.type
+        if get_origin(kind) is Annotated and get_args(kind)[0] in (int, float):
+            assert any(m.ge is not None and m.le is not None for m in get_args(kind)[1:])
+        else:
+            assert kind not in (int, float), f"{field.name} has no bounds"
 
 
 def test_did_cache_is_bounded_least_recently_used_first(monkeypatch):

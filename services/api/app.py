@@ -38,8 +38,10 @@ class Api:
     event_log: EventLog
     store: OperationsStore
     projection: ProjectionRunner
-    stall_after_s: int = 120
-    append_timeout_s: float = 12.0
+    stall_after_s: int
+    # How long a trigger waits for the log to confirm its append (Kafka's request timeout
+    # plus a margin), before answering 503.
+    append_timeout_s: float
 
     def __post_init__(self) -> None:
         # One trigger at a time per replica: duplicate detection reads, then appends.

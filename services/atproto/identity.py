@@ -29,7 +29,6 @@ NOT_FOUND_TTL_S = 300.0
 # A "fresh" lookup (after a signature did not verify) refetches a DID's document at most once
 # in this long: bad signatures, which anyone can send, cannot turn into a fetch each.
 FRESH_INTERVAL_S = 30.0
-FETCH_DEADLINE_S = 10.0
 
 
 class DidNotFound(LookupError):
@@ -75,7 +74,9 @@ def did_web_url(did: str) -> str:
 
 
 class DidResolver:
-    def __init__(self, fetcher: outbound.Fetcher, plc_url: str) -> None:
+    def __init__(self, fetcher: outbound.Fetcher, plc_url: str, deadline_s: float) -> None:
+        """`deadline_s`: each document fetch, whole (CHIVE_SOURCE_TIMEOUT_S)."""
+        self._deadline_s = deadline_s
         self._fetcher = fetcher
         self._plc_url = plc_url.rstrip("/")
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
@@ -157,13 +158,13 @@ class DidResolver:
         self.fetches += 1
         try:
             response = await self._fetcher.fetch(
-                url, max_bytes=outbound.DID_DOCUMENT_BYTES, deadline_s=FETCH_DEADLINE_S
+                url, max_bytes=outbound.DID_DOCUMENT_BYTES, deadline_s=self._deadline_s
             )
         except outbound.FetchRefused as exc:
             raise DidNotFound(f"{did} cannot be resolved here: {exc}") from None
         except TimeoutError:
             raise ResolutionError(
-                f"resolving {did}: no answer within {FETCH_DEADLINE_S:.0f} s"
+                f"resolving {did}: no answer within {self._deadline_s:g} s"
             ) from None
         except httpx.HTTPError as exc:
             raise ResolutionError(f"cannot resolve {did}: {type(exc).__name__}") from exc

@@ -33,6 +33,7 @@ from services.workers.context import (
     to_checkpoint,
 )
 from services.workers.grobid import GrobidRejected, GrobidUnavailable
+from services.workers.index_pages import Handled, each_page
 from services.workers.pdf_text import UnreadablePdf
 from services.workers.references import (
     ParsedReference,
@@ -46,7 +47,6 @@ from services.workers.xrpc_client import SourceUnavailable, XrpcCallError
 log = logging.getLogger(__name__)
 
 PAGE = 16
-CONCURRENCY = 4
 MAX_DOCUMENT = 50 * 1024 * 1024  # the lexicon's maxSize for a submission's document
 PDF = "application/pdf"
 GONE = {"BlobNotFound", "RepoNotFound", "RecordNotFound", "NotFound"}
@@ -71,32 +71,26 @@ async def run(ctx: WorkContext) -> Outcome:
     only = ctx.params.get("uri")
     if state.total is None:
         state.total = 1 if only else await index.live_count(eprints.SUBMISSION)
-    limit = asyncio.Semaphore(CONCURRENCY)
+    limit = asyncio.Semaphore(ctx.services.limits.extraction_concurrency)
 
-    async def bounded(record: IndexedRecord) -> tuple[str, model.CitationsExtracted | None]:
+    async def bounded(record: IndexedRecord) -> Handled:
         async with limit:
             if ctx.cancel_requested:
                 return "cancelled", None
             return await extract(ctx, index, record)
 
-    while True:
-        ctx.check_cancelled()
+    async def next_page(after: str) -> list[IndexedRecord]:
         if only:
-            page = [] if state.handled else [await _eprint(ctx, index, only)]
-        else:
-            page = await index.live_page(
-                state.after, PAGE, collection=eprints.SUBMISSION, values=True
-            )
-        if not page:
-            break
-        results = await asyncio.gather(*(bounded(r) for r in page))
-        ctx.check_cancelled()
-        events = [event for _, event in results if event is not None]
-        await ctx.emit_records(events)
+            return [] if after else [await _eprint(ctx, index, only)]
+        return await index.live_page(after, PAGE, collection=eprints.SUBMISSION, values=True)
+
+    async def on_page(page: list[IndexedRecord], results: list[Handled]) -> None:
         count_reasons(state.skipped, (outcome for outcome, event in results if event is None))
         state.handled += len(page)
         state.after = page[-1].uri
         await ctx.progress(state.handled, to_checkpoint(state), total_records=state.total)
+
+    await each_page(ctx, state.after, next_page, bounded, on_page)
     return Outcome(
         records_processed=state.handled,
         total_records=state.total,

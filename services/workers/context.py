@@ -1,8 +1,9 @@
 """What a backfill handler sees of the world while it runs one operation.
 
 A handler reads its parameters and resume checkpoint, appends the record events it finds,
-reports progress (throttled here: at least every 2 s or 500 records, with a heartbeat while a
-unit of work is slow) and checks for cancellation between units of work.
+reports progress (throttled here: at most every CHIVE_PROGRESS_INTERVAL_S or
+CHIVE_PROGRESS_RECORDS records, with a heartbeat while a unit of work is slow) and checks
+for cancellation between units of work.
 """
 
 from __future__ import annotations
@@ -21,12 +22,11 @@ from projections.rebuild import Reindexer
 from projections.records import RecordIndex
 from projections.runner import ProjectionRunner
 from services.atproto.identity import DidNotFound, DidResolver, ResolutionError, pds_endpoint
+from services.settings import Settings
 from services.workers.grobid import Grobid
 from services.workers.pdf_text import PdfTextPool
 from services.workers.xrpc_client import XrpcClient
 
-PROGRESS_INTERVAL_S = 2.0
-PROGRESS_RECORDS = 500
 INDEX_READY_S = 60.0
 
 
@@ -48,6 +48,22 @@ class Outcome:
     sources: list[str] = field(default_factory=list)
 
 
+class Limits(msgspec.Struct, frozen=True):
+    """The tunables of the work: the Settings fields of these names (which document them)."""
+
+    source_concurrency: int
+    source_concurrency_per_pds: int
+    source_circuit_failures: int
+    extraction_concurrency: int
+    progress_interval_s: float
+    progress_records: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> Limits:
+        names = (f.name for f in msgspec.structs.fields(cls))
+        return cls(**{name: getattr(settings, name) for name in names})
+
+
 @dataclass
 class Services:
     """Shared clients a handler may use."""
@@ -66,6 +82,7 @@ class Services:
     # GROBID for citationExtraction; None: the worker extracts PDF text itself, in `pdf`.
     grobid: Grobid | None = None
     pdf: PdfTextPool | None = None
+    limits: Limits = field(default_factory=lambda: Limits.of(Settings()))
 
 
 Appender = Callable[[model.OperationEvent], Awaitable[None]]
@@ -87,6 +104,7 @@ class WorkContext:
         self.params = params
         self.checkpoint = checkpoint
         self.services = services
+        self._limits = services.limits
         self._append = append_operation_event
         self._cancel = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -126,8 +144,8 @@ class WorkContext:
         self._latest = (records_processed, total_records, checkpoint)
         due = (
             force
-            or time.monotonic() - self._last_emit >= PROGRESS_INTERVAL_S
-            or records_processed - max(self._emitted_records, 0) >= PROGRESS_RECORDS
+            or time.monotonic() - self._last_emit >= self._limits.progress_interval_s
+            or records_processed - max(self._emitted_records, 0) >= self._limits.progress_records
         )
         if due:
             await self._emit_latest()
@@ -156,8 +174,8 @@ class WorkContext:
         """Runs beside the handler: a progress event at least every interval, even while one
         unit of work is slow, so watchers see the operation is alive."""
         while True:
-            await asyncio.sleep(PROGRESS_INTERVAL_S / 4)
-            if time.monotonic() - self._last_emit >= PROGRESS_INTERVAL_S:
+            await asyncio.sleep(self._limits.progress_interval_s / 4)
+            if time.monotonic() - self._last_emit >= self._limits.progress_interval_s:
                 await self._emit_latest()
 
 
@@ -175,12 +193,15 @@ def from_checkpoint(data: dict[str, Any] | None, kind: type):
     return msgspec.convert(data, kind) if data else kind()
 
 
-async def pds_of(services: Services, did: str) -> str:
-    """The PDS endpoint of a DID (documents cached by the resolver); OperationFailed if none."""
+async def pds_of(services: Services, did: str, *, fresh: bool = False) -> str:
+    """The PDS endpoint of a DID; OperationFailed naming why there is none. Documents come
+    from the resolver's cache unless `fresh` (a sync of one DID wants where it lives now)."""
     try:
-        document = await services.resolver.resolve(did)
-    except (DidNotFound, ResolutionError) as exc:
-        raise OperationFailed(str(exc)) from exc
+        document = await services.resolver.resolve(did, fresh=fresh)
+    except DidNotFound as exc:
+        raise OperationFailed(f"DID {did} not found: {exc}") from exc
+    except ResolutionError as exc:
+        raise OperationFailed(f"cannot resolve {did}: {exc}") from exc
     endpoint = pds_endpoint(document)
     if endpoint is None:
         raise OperationFailed(f"DID document of {did} has no #atproto_pds service")

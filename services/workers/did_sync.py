@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import msgspec
 
-from services.atproto.identity import DidNotFound, ResolutionError, pds_endpoint
 from services.workers.context import (
     OperationFailed,
     Outcome,
     WorkContext,
     count_reasons,
     from_checkpoint,
+    pds_of,
     to_checkpoint,
 )
 from services.workers.repo_scan import RepoPosition, scan_repo
@@ -31,7 +31,7 @@ class Checkpoint(msgspec.Struct):
 async def run(ctx: WorkContext) -> Outcome:
     did = ctx.params["did"]
     state = from_checkpoint(ctx.checkpoint, Checkpoint)
-    pds_url = state.pds_url or await _find_pds(ctx, did)
+    pds_url = state.pds_url or await pds_of(ctx.services, did, fresh=True)
 
     async def on_page(events, position: RepoPosition, skipped: list[str]) -> None:
         await ctx.emit_records(events)
@@ -43,15 +43,7 @@ async def run(ctx: WorkContext) -> Outcome:
         await ctx.progress(state.count, to_checkpoint(state))
 
     try:
-        await scan_repo(
-            ctx.services.client,
-            pds_url,
-            did,
-            ctx.operation_id,
-            state.position,
-            on_page,
-            ctx.check_cancelled,
-        )
+        await scan_repo(ctx, pds_url, did, on_page, start=state.position)
     except SourceUnavailable as exc:
         raise OperationFailed(f"PDS {pds_url} unreachable: {exc}") from exc
     except XrpcCallError as exc:
@@ -62,16 +54,3 @@ async def run(ctx: WorkContext) -> Outcome:
         skip_reasons=state.reasons,
         sources=[pds_url],
     )
-
-
-async def _find_pds(ctx: WorkContext, did: str) -> str:
-    try:
-        document = await ctx.services.resolver.resolve(did, fresh=True)
-    except DidNotFound as exc:
-        raise OperationFailed(f"DID {did} not found: {exc}") from exc
-    except ResolutionError as exc:
-        raise OperationFailed(f"cannot resolve {did}: {exc}") from exc
-    endpoint = pds_endpoint(document)
-    if endpoint is None:
-        raise OperationFailed(f"DID document of {did} has no #atproto_pds service")
-    return endpoint

@@ -27,13 +27,11 @@ from services.workers.context import (
     pds_of,
     to_checkpoint,
 )
+from services.workers.index_pages import Handled, each_page
 from services.workers.repo_scan import get_record
 from services.workers.xrpc_client import SourceUnavailable, XrpcCallError
 
 PAGE = 100
-CONCURRENCY = 8
-PER_PDS = 2
-CIRCUIT_FAILURES = 3
 GONE = {"RecordNotFound", "RepoNotFound"}
 
 
@@ -46,12 +44,13 @@ class Checkpoint(msgspec.Struct):
 
 
 class _Circuit:
-    def __init__(self) -> None:
+    def __init__(self, opens_after: int) -> None:
         self.failures = 0
+        self._opens_after = opens_after
 
     @property
     def open(self) -> bool:
-        return self.failures >= CIRCUIT_FAILURES
+        return self.failures >= self._opens_after
 
 
 async def run(ctx: WorkContext) -> Outcome:
@@ -59,15 +58,18 @@ async def run(ctx: WorkContext) -> Outcome:
     state = from_checkpoint(ctx.checkpoint, Checkpoint)
     if state.total is None:
         state.total = await index.live_count()
-    overall = asyncio.Semaphore(CONCURRENCY)
-    per_pds: dict[str, asyncio.Semaphore] = defaultdict(lambda: asyncio.Semaphore(PER_PDS))
-    circuits: dict[str, _Circuit] = defaultdict(_Circuit)
+    limits = ctx.services.limits
+    overall = asyncio.Semaphore(limits.source_concurrency)
+    per_pds: dict[str, asyncio.Semaphore] = defaultdict(
+        lambda: asyncio.Semaphore(limits.source_concurrency_per_pds)
+    )
+    circuits: dict[str, _Circuit] = defaultdict(lambda: _Circuit(limits.source_circuit_failures))
 
-    async def check(record: IndexedRecord) -> tuple[str, model.RecordEvent | None]:
+    async def check(record: IndexedRecord) -> Handled:
         try:
             pds = await pds_of(ctx.services, record.did)
         except OperationFailed as exc:
-            return f"unresolvable {record.did}: {exc}", None
+            return str(exc), None
         circuit = circuits[pds]
         if circuit.open:
             return f"PDS unreachable: {pds}", None
@@ -107,13 +109,7 @@ async def run(ctx: WorkContext) -> Outcome:
             value=fetched.value,
         )
 
-    while True:
-        ctx.check_cancelled()
-        page = await index.live_page(state.after, PAGE)
-        if not page:
-            break
-        results = await asyncio.gather(*(check(r) for r in page))
-        await ctx.emit_records([event for _, event in results if event is not None])
+    async def on_page(page: list[IndexedRecord], results: list[Handled]) -> None:
         for outcome, _ in results:
             if outcome == "deleted":
                 state.deleted += 1
@@ -122,6 +118,8 @@ async def run(ctx: WorkContext) -> Outcome:
         state.checked += len(page)
         state.after = page[-1].uri
         await ctx.progress(state.checked, to_checkpoint(state), total_records=state.total)
+
+    await each_page(ctx, state.after, lambda after: index.live_page(after, PAGE), check, on_page)
     return Outcome(
         records_processed=state.checked,
         total_records=state.total,

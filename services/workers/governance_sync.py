@@ -85,17 +85,7 @@ async def _upserts(ctx: WorkContext, pds_url: str, did: str, state: Checkpoint) 
         state.position = position
         await ctx.progress(state.count, to_checkpoint(state))
 
-    await scan_repo(
-        ctx.services.client,
-        pds_url,
-        did,
-        ctx.operation_id,
-        state.position,
-        on_page,
-        ctx.check_cancelled,
-        only=GRAPH,
-        validate=validate,
-    )
+    await scan_repo(ctx, pds_url, did, on_page, start=state.position, only=GRAPH, validate=validate)
 
 
 async def _gone(ctx: WorkContext, pds_url: str, did: str) -> list[str]:
@@ -105,17 +95,7 @@ async def _gone(ctx: WorkContext, pds_url: str, did: str) -> list[str]:
     async def collect(events, _position, _skipped) -> None:
         listed.update(e.uri for e in events)
 
-    await scan_repo(
-        ctx.services.client,
-        pds_url,
-        did,
-        ctx.operation_id,
-        RepoPosition(),
-        collect,
-        ctx.check_cancelled,
-        only=GRAPH,
-        validate=validate,
-    )
+    await scan_repo(ctx, pds_url, did, collect, only=GRAPH, validate=validate)
     index = await caught_up_index(ctx)
     live = set(await index.live_uris(did, GRAPH))
     return sorted(live - listed)

@@ -26,7 +26,6 @@ from services.workers.repo_scan import RepoPosition, scan_repo
 from services.workers.xrpc_client import SourceUnavailable, XrpcCallError
 
 REPOS_PAGE = 200
-REPO_CONCURRENCY = 4
 MAX_REPO_PAGES = 100_000
 
 
@@ -86,7 +85,9 @@ async def run(ctx: WorkContext) -> Outcome:
 
 async def _scan_pds(ctx, pds_url, state: Checkpoint, in_flight, report) -> None:
     client = ctx.services.client
-    semaphore = asyncio.Semaphore(REPO_CONCURRENCY)
+    semaphore = asyncio.Semaphore(
+        min(ctx.services.limits.source_concurrency, ctx.services.limits.source_concurrency_per_pds)
+    )
     pages = 0
     while True:
         ctx.check_cancelled()
@@ -122,15 +123,7 @@ async def _scan_pds(ctx, pds_url, state: Checkpoint, in_flight, report) -> None:
                     await report()
 
                 try:
-                    await scan_repo(
-                        client,
-                        pds_url,
-                        did,
-                        ctx.operation_id,
-                        RepoPosition(),
-                        on_page,
-                        ctx.check_cancelled,
-                    )
+                    await scan_repo(ctx, pds_url, did, on_page)
                 except XrpcCallError:
                     # Taken down, deactivated or deleted since listRepos: nothing to index.
                     pass

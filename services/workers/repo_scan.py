@@ -13,6 +13,7 @@ import msgspec
 from events import model
 from services import outbound
 from services.atproto.syntax import parse_at_uri
+from services.workers.context import WorkContext
 from services.workers.xrpc_client import SourceUnavailable, XrpcClient
 
 CHIVE_PREFIX = "pub.chive."
@@ -78,23 +79,22 @@ async def chive_collections(client: XrpcClient, pds_url: str, did: str) -> list[
 
 
 async def scan_repo(
-    client: XrpcClient,
+    ctx: WorkContext,
     pds_url: str,
     did: str,
-    operation_id: str,
-    start: RepoPosition,
     on_page: PageSink,
-    check_cancelled: Callable[[], None],
     *,
+    start: RepoPosition | None = None,
     only: list[str] | None = None,
     validate: Validator | None = None,
 ) -> None:
-    """Scan the repo's pub.chive collections, or just `only` (in that order)."""
+    """Scan the repo's pub.chive collections, or just `only` (in that order), from `start`."""
+    client, operation_id = ctx.services.client, ctx.operation_id
     collections = only if only is not None else await chive_collections(client, pds_url, did)
-    position = start
+    position = start or RepoPosition()
     pages, first_uri = 0, None
     while position.collection_index < len(collections):
-        check_cancelled()
+        ctx.check_cancelled()
         collection = collections[position.collection_index]
         page = await client.query(
             pds_url,
