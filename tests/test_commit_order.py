@@ -4,7 +4,11 @@ revoked partitions forgotten."""
 
 from __future__ import annotations
 
+import pytest
+
 from services.workers.commit_order import CommitOrder
+
+pytestmark = pytest.mark.unit
 
 
 def consume(order: CommitOrder, partition: int, offsets) -> None:

@@ -13,7 +13,13 @@ from testkit.waiting import eventually
 PARTITIONS = 3
 
 
-@pytest.fixture(params=["memory", "sqlite", "kafka"])
+@pytest.fixture(
+    params=[
+        pytest.param("memory", marks=pytest.mark.unit),
+        pytest.param("sqlite", marks=pytest.mark.unit),
+        "kafka",
+    ]
+)
 async def log(request, tmp_path, unique):
     if request.param == "memory":
         log = MemoryEventLog(PARTITIONS)

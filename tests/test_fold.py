@@ -5,9 +5,12 @@ from __future__ import annotations
 import itertools
 
 import msgspec
+import pytest
 
 from events import model
 from projections.operations import fold
+
+pytestmark = pytest.mark.unit
 
 _ids = itertools.count()
 

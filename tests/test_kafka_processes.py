@@ -1,18 +1,27 @@
 """Kafka mode as deployed: API, projector and every worker type as separate processes, two
-replicas per type. Killing the replica that runs an operation hands it to the other, which
-resumes from the checkpoint to the exact count."""
+replicas per type, started once for this module; one test per behaviour. Killing the replica
+that runs an operation hands it to the other, which resumes from the checkpoint to the exact
+count."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 from events import model
 from events.kafka_log import KafkaEventLog
 from projections import index_location
+from projections.index_reader import FollowingIndex
 from services.bootstrap import BESIDE_PROJECTOR
 from testkit.broker import free_port
 from testkit.harness import Admin, Client, ServiceProcess, service_env, starts, wait_index
+from testkit.servers import FakePds
 from testkit.waiting import eventually
 
 
@@ -42,29 +51,43 @@ def groups_split(logs: dict[str, Path]) -> bool:
     return True
 
 
-async def test_replicas_share_work_and_take_over_on_crash(
-    kafka_bootstrap, tmp_path, plc, fresh_pds, unique
-):
+@dataclass
+class Deployment:
+    processes: dict[str, ServiceProcess]
+    url: str
+    admin: Admin
+    pds: FakePds
+    data: Path
+    bootstrap: str
+    namespace: str
+    tmp: Path
+
+    def worker_logs(self) -> dict[str, Path]:
+        return {
+            n: self.tmp / f"{n}.log" for n, p in self.processes.items() if p.args[0] == "worker"
+        }
+
+
+@pytest.fixture(scope="module")
+def deployment(kafka_bootstrap, tmp_path_factory, plc) -> Iterator[Deployment]:
+    tmp = tmp_path_factory.mktemp("deployment")
+    namespace = uuid.uuid4().hex[:10]
     admin = Admin()
     port = free_port()
     env = service_env(
-        tmp_path / "data", port, plc.url, admin, kafka=kafka_bootstrap, namespace=unique
+        tmp / "data", port, plc.url, admin, kafka=kafka_bootstrap, namespace=namespace
     )
-    fresh_pds.faults.delay_s = 0.01
-    for i in range(6):
-        fresh_pds.add_repo(f"did:plc:k{i}{unique}", {"pub.chive.graph.node": 400})
-    did = f"did:plc:kd{unique}"
-    plc.register(did, pds_url=fresh_pds.url)
-    fresh_pds.add_repo(did, {"pub.chive.review.comment": 50})
-    expected = 6 * 400 + 50
+    pds = FakePds().start()
 
     # Topics exist before anyone consumes: created by the first process's startup too, but
     # creating them here keeps the replicas from racing the API on first start.
-    log = KafkaEventLog(kafka_bootstrap, 3, namespace=unique)
-    await log.start()
-    await log.ensure_topics([model.OPERATIONS_TOPIC, model.RECORDS_TOPIC])
-    await log.close()
+    async def topics() -> None:
+        log = KafkaEventLog(kafka_bootstrap, 3, namespace=namespace)
+        await log.start()
+        await log.ensure_topics([model.OPERATIONS_TOPIC, model.RECORDS_TOPIC])
+        await log.close()
 
+    asyncio.run(topics())
     processes: dict[str, ServiceProcess] = {}
     for name, args in [("api", ("api",)), ("projector", ("projector",))] + [
         (f"{t}-{r}", ("worker", t))
@@ -73,78 +96,143 @@ async def test_replicas_share_work_and_take_over_on_crash(
         for r in (1, 2)
     ]:
         # A worker process keeps its own state (freshnessScan's index replica) in a data dir
-        # of its own; the API and the projector share tmp_path/data.
-        # (INFO: the test reads a worker's partition assignments from its log.)
+        # of its own; the API and the projector share tmp/data.
+        # (INFO: the tests read a worker's partition assignments from its log.)
         own = (
-            {"CHIVE_DATA_DIR": str(tmp_path / name), "CHIVE_LOG_LEVEL": "INFO"}
+            {"CHIVE_DATA_DIR": str(tmp / name), "CHIVE_LOG_LEVEL": "INFO"}
             if args[0] == "worker"
             else {}
         )
-        processes[name] = ServiceProcess({**env, **own}, tmp_path / f"{name}.log", args)
+        processes[name] = ServiceProcess({**env, **own}, tmp / f"{name}.log", args)
         processes[name].start()
-    client = Client(f"http://127.0.0.1:{port}", admin)
+    deployment = Deployment(
+        processes,
+        f"http://127.0.0.1:{port}",
+        admin,
+        pds,
+        tmp / "data",
+        kafka_bootstrap,
+        namespace,
+        tmp,
+    )
+    try:
+        yield deployment
+    finally:
+        pds.stop()
+        for name, process in processes.items():
+            if process.proc.poll() is None:
+                assert process.terminate() == 0, (tmp / f"{name}.log").read_text()[-2000:]
 
+
+@pytest.fixture
+async def client(deployment) -> Client:
+    client = Client(deployment.url, deployment.admin)
     try:
         await eventually(lambda: client.up(), timeout=30, what="API up")
-        worker_logs = {
-            n: tmp_path / f"{n}.log" for n, p in processes.items() if p.args[0] == "worker"
-        }
         await eventually(
-            lambda: groups_split(worker_logs),
+            lambda: groups_split(deployment.worker_logs()),
             timeout=60,
             what="both replicas of every worker type sharing its partitions",
         )
-        scan = await client.trigger(type="pdsScan", pdsUrl=fresh_pds.url)
-        sync = await client.trigger(type="didSync", did=did)
-        other = await client.trigger(type="governanceSync")
-
-        await client.wait_processed(scan["id"], 800)
-        # Hold the PDS slow so the kill always lands on work in progress.
-        fresh_pds.faults.delay_s = 1.0
-        (first,) = await started_by(kafka_bootstrap, unique, scan["id"])
-        assert (await client.status(scan["id"]))["status"] == "running"
-        pid = int(first.rsplit(":", 1)[1])
-        victim = next(n for n, p in processes.items() if p.proc.pid == pid)
-        assert victim.startswith("pdsScan-")
-        processes[victim].kill()
-        fresh_pds.faults.delay_s = 0.01
-
-        scan_done = await client.wait_finished(scan["id"], timeout=90)
-        sync_done = await client.wait_finished(sync["id"], timeout=60)
-        other_done = await client.wait_finished(other["id"], timeout=60)
-        assert scan_done["status"] == "completed", scan_done
-        assert scan_done["recordsProcessed"] == expected
-        assert sync_done["status"] == "completed" and sync_done["recordsProcessed"] == 50
-        assert other_done["status"] == "failed" and "CHIVE_GOVERNANCE_DID" in other_done["error"]
-        workers = await started_by(kafka_bootstrap, unique, scan["id"])
-        assert len(workers) == 2 and workers[1] != first, workers
-
-        await wait_index(tmp_path / "data", fresh_pds.chive_uris())
-        # freshnessScan in its own process reads its replica of the index: every record once.
-        fresh = await client.trigger(type="freshnessScan")
-        fresh_done = await client.wait_finished(fresh["id"], timeout=90)
-        assert fresh_done["status"] == "completed", fresh_done
-        assert fresh_done["recordsProcessed"] == fresh_done["totalRecords"] == expected
-
-        # citationExtraction in its own process reads its replica too: one eprint, no document.
-        cited = fresh_pds.put_record(did, "pub.chive.eprint.submission", "3k1", {"title": "T"})
-        sync = await client.trigger(type="didSync", did=did)
-        assert (await client.wait_finished(sync["id"], timeout=60))["status"] == "completed"
-        citations = await client.trigger(type="citationExtraction")
-        citations_done = await client.wait_finished(citations["id"], timeout=60)
-        assert citations_done["status"] == "completed", citations_done
-        assert citations_done["skipReasons"] == {"no document": 1}, citations_done
-
-        # fullReindex runs inside the projector process and switches the index it serves.
-        reindex = await client.trigger(type="fullReindex", batchSize=500)
-        reindex_done = await client.wait_finished(reindex["id"], timeout=90)
-        assert reindex_done["status"] == "completed", reindex_done
-        data = tmp_path / "data"
-        assert index_location.active_path(data).name == f"records-{reindex['id']}.db"
-        await wait_index(data, fresh_pds.chive_uris())
-        assert cited in fresh_pds.chive_uris()
+        yield client
     finally:
         await client.close()
-        for name, process in processes.items():
-            if process.proc.poll() is None:
-                assert process.terminate() == 0, (tmp_path / f"{name}.log").read_text()[-2000:]
+
+
+async def live_uris(data: Path) -> list[str]:
+    index = FollowingIndex(data)
+    await index.open()
+    try:
+        return [u for u, _ in await index.uris()]
+    finally:
+        await index.close()
+
+
+async def test_both_replicas_of_every_type_share_its_partitions(deployment, client):
+    # The client fixture waited for it; the newest assignment of each replica says so.
+    assert groups_split(deployment.worker_logs())
+    assert len(deployment.worker_logs()) == 2 * (len(model.BACKFILL_TYPES) - len(BESIDE_PROJECTOR))
+
+
+async def test_a_killed_replicas_operation_resumes_on_the_other_to_the_exact_count(
+    deployment, client, unique
+):
+    pds = deployment.pds
+    pds.faults.delay_s = 0.01
+    dids = [f"did:plc:k{i}{unique}" for i in range(6)]
+    for did in dids:
+        pds.add_repo(did, {"pub.chive.graph.node": 400})
+    expected = sum(pds.chive_count(did) for did in pds.repos)
+    scan = await client.trigger(type="pdsScan", pdsUrl=pds.url)
+    await client.wait_processed(scan["id"], 800)
+    # Hold the PDS slow so the kill always lands on work in progress.
+    pds.faults.delay_s = 1.0
+    (first,) = await started_by(deployment.bootstrap, deployment.namespace, scan["id"])
+    assert (await client.status(scan["id"]))["status"] == "running"
+    pid = int(first.rsplit(":", 1)[1])
+    processes = deployment.processes
+    victim = next(n for n, p in processes.items() if p.proc.pid == pid)
+    assert victim.startswith("pdsScan-")
+    processes[victim].kill()
+    pds.faults.delay_s = 0.0
+    try:
+        done = await client.wait_finished(scan["id"], timeout=90)
+        assert done["status"] == "completed", done
+        assert done["recordsProcessed"] == expected
+        workers = await started_by(deployment.bootstrap, deployment.namespace, scan["id"])
+        assert len(workers) == 2 and workers[1] != first, workers
+    finally:
+        processes[victim].start()  # the deployment keeps two replicas for the next tests
+
+
+async def test_each_type_runs_in_its_own_processes_side_by_side(deployment, client, plc, unique):
+    did = f"did:plc:kd{unique}"
+    plc.register(did, pds_url=deployment.pds.url)
+    deployment.pds.add_repo(did, {"pub.chive.review.comment": 50})
+    sync = await client.trigger(type="didSync", did=did)
+    other = await client.trigger(type="governanceSync")
+    sync_done = await client.wait_finished(sync["id"], timeout=60)
+    other_done = await client.wait_finished(other["id"], timeout=60)
+    assert sync_done["status"] == "completed" and sync_done["recordsProcessed"] == 50
+    assert other_done["status"] == "failed" and "CHIVE_GOVERNANCE_DID" in other_done["error"]
+
+
+async def test_a_worker_process_reads_its_own_replica_of_the_index(deployment, client, plc, unique):
+    did = f"did:plc:kr{unique}"
+    plc.register(did, pds_url=deployment.pds.url)
+    deployment.pds.add_repo(did, {"pub.chive.review.comment": 30})
+    sync = await client.trigger(type="didSync", did=did)
+    assert (await client.wait_finished(sync["id"], timeout=60))["status"] == "completed"
+    uris = await live_uris(deployment.data)
+    assert sum(u.startswith(f"at://{did}/") for u in uris) == 30
+    # freshnessScan in its own process checks every record of the index once, and
+    # citationExtraction finds the one eprint this test adds (no document).
+    fresh = await client.trigger(type="freshnessScan")
+    fresh_done = await client.wait_finished(fresh["id"], timeout=90)
+    assert fresh_done["status"] == "completed", fresh_done
+    assert fresh_done["recordsProcessed"] == fresh_done["totalRecords"] >= len(uris)
+    deployment.pds.put_record(did, "pub.chive.eprint.submission", "3k1", {"title": "T"})
+    sync = await client.trigger(type="didSync", did=did)
+    assert (await client.wait_finished(sync["id"], timeout=60))["status"] == "completed"
+    citations = await client.trigger(type="citationExtraction")
+    citations_done = await client.wait_finished(citations["id"], timeout=60)
+    assert citations_done["status"] == "completed", citations_done
+    assert citations_done["skipReasons"] == {"no document": 1}, citations_done
+
+
+async def test_full_reindex_runs_in_the_projector_process_and_switches_its_index(
+    deployment, client, plc, unique
+):
+    did = f"did:plc:kf{unique}"
+    plc.register(did, pds_url=deployment.pds.url)
+    deployment.pds.add_repo(did, {"pub.chive.review.comment": 20})
+    sync = await client.trigger(type="didSync", did=did)
+    assert (await client.wait_finished(sync["id"], timeout=60))["status"] == "completed"
+    before = await live_uris(deployment.data)
+    assert sum(u.startswith(f"at://{did}/") for u in before) == 20
+    reindex = await client.trigger(type="fullReindex", batchSize=500)
+    reindex_done = await client.wait_finished(reindex["id"], timeout=90)
+    assert reindex_done["status"] == "completed", reindex_done
+    data = deployment.data
+    assert index_location.active_path(data).name == f"records-{reindex['id']}.db"
+    await wait_index(data, before)

@@ -6,13 +6,17 @@ from __future__ import annotations
 import asyncio
 
 import msgspec
+import pytest
 
 from events import model
 from events.log import Entry
 from events.sqlite_log import SqliteEventLog
+from projections import citations, record_fold
 from projections.operations import OperationsStore
 from projections.records import RecordIndex
 from projections.runner import ProjectionRunner, decode_batch, positions_after
+
+pytestmark = pytest.mark.unit
 
 
 def _entry(event) -> Entry:
@@ -318,3 +322,50 @@ async def test_a_colocated_duplicate_request_names_the_running_operation(tmp_pat
         assert (await store.find_running("same")).id in ("c", "legacy")
         assert await store.aliases() == {"b": "a", "d": "c"}
         await store.close()
+
+
+def test_a_batch_folds_in_runs_of_one_statement_in_log_order():
+    def upsert(uri: str, cid: str) -> model.RecordUpserted:
+        did, collection, rkey = uri[5:].split("/")
+        return model.new_event(
+            model.RecordUpserted,
+            "op",
+            uri=uri,
+            did=did,
+            collection=collection,
+            rkey=rkey,
+            cid=cid,
+            value=msgspec.Raw(b'{"n": 1}'),
+        )
+
+    a, b = "at://did:plc:a/pub.chive.review.comment/1", "at://did:plc:a/pub.chive.review.comment/2"
+    deleted = model.new_event(
+        model.RecordDeleted, "op", uri=a, did="did:plc:a", collection="x", rkey="1"
+    )
+    runs = record_fold.runs([upsert(a, "c1"), upsert(b, "c2"), deleted, upsert(a, "c3")])
+    # Two upserts share one executemany; the delete and the re-upsert keep their places.
+    assert [len(rows) for _, rows in runs] == [2, 1, 1]
+    assert [rows[0][0] for _, rows in runs] == [a, a, a]
+    assert runs[0][0] == runs[2][0] != runs[1][0]
+
+
+def test_a_user_citation_wins_over_the_extracted_one_it_gives():
+    user = [
+        (
+            "at://did:plc:u/pub.chive.eprint.citation/1",
+            '{"citedWork": {"title": "A user citation", "doi": "10.1234/ABC"}}',
+        )
+    ]
+    extracted = [
+        ("Same work by DOI", "https://doi.org/10.1234/abc", None, 2020, "[]", "raw 1", None, None),
+        ("Another work entirely", None, "2101.00001", None, '["Ada"]', "raw 2", None, None),
+    ]
+    merged = citations.merge(user, extracted)
+    assert [c["source"] for c in merged] == ["user", "extracted"]
+    assert merged[1] == {
+        "source": "extracted",
+        "title": "Another work entirely",
+        "arxivId": "2101.00001",
+        "authors": ["Ada"],
+        "raw": "raw 2",
+    }

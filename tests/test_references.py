@@ -15,6 +15,8 @@ from services.workers.references import (
 from testkit.documents import paper_pdf
 from testkit.servers import tei
 
+pytestmark = pytest.mark.unit
+
 REFERENCES = [
     "A. Smith and B. Jones. Graph neural networks for citation analysis of preprints. "
     "Journal of Testing, 12(3):45-67, 2021. doi:10.1234/jtest.2021.045",

@@ -15,6 +15,8 @@ from services.atproto import syntax as formats
 from services.atproto.errors import XrpcError
 from services.settings import Settings, SettingsError, env_name, load
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize(
     "did,ok",
