@@ -1,7 +1,7 @@
 """The event-log port in memory: lists per partition, nothing durable. For the fast test
 tier (handlers, runners and folds in milliseconds) and anything else that wants a log without
 a file or a broker. It passes the same contract suite as the SQLite and Kafka adapters, and
-like the embedded log gives every member of a group every partition."""
+shares the embedded log's readers (events/local_reader.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import time
 import zlib
 from collections.abc import Sequence
 
+from events import local_reader
+from events.local_reader import LocalGroupConsumer, LocalReader
 from events.log import Entry, LogUnavailable, Message, PartitionsCallback, Position
 from events.pulse import Pulse
 
@@ -56,8 +58,8 @@ class MemoryEventLog:
         await asyncio.sleep(0)
         return positions
 
-    def reader(self, topic: str, start: dict[int, int] | None = None) -> MemoryReader:
-        return MemoryReader(self, topic, dict(start or {}))
+    def reader(self, topic: str, start: dict[int, int] | None = None) -> LocalReader:
+        return LocalReader(self, topic, dict(start or {}))
 
     def group_consumer(
         self,
@@ -65,68 +67,28 @@ class MemoryEventLog:
         group: str,
         on_assigned: PartitionsCallback | None = None,
         on_revoked: PartitionsCallback | None = None,
-    ) -> MemoryGroupConsumer:
-        del on_revoked  # every member holds every partition: nothing is ever taken away
-        return MemoryGroupConsumer(self, topic, group, on_assigned)
+    ) -> LocalGroupConsumer:
+        return local_reader.group_consumer(self, topic, group, on_assigned, on_revoked)
 
-    def _partition(self, topic: str, partition: int) -> list[Message]:
+    # -- what its readers read (events/local_reader.py) -------------------------------------
+    async def fetch(self, topic: str, partition: int, offset: int, limit: int) -> list[Message]:
         partitions = self._topics.get(topic)
-        return partitions[partition] if partitions else []
+        batch = partitions[partition][offset : offset + limit] if partitions else []
+        # A real log answers after a round trip: other tasks run in between, as they would.
+        await asyncio.sleep(0)
+        return batch
 
+    async def end(self, topic: str, partition: int) -> int:
+        partitions = self._topics.get(topic)
+        return len(partitions[partition]) if partitions else 0
 
-class MemoryReader:
-    def __init__(self, log: MemoryEventLog, topic: str, start: dict[int, int]) -> None:
-        self._log = log
-        self._topic = topic
-        self._positions = {p: start.get(p, 0) for p in range(log.partitions)}
+    async def wait_for_append(self, timeout: float) -> None:
+        await self._appended.wait(timeout)
 
-    async def start(self) -> None:
-        pass
+    async def committed(self, group: str, topic: str) -> dict[int, int]:
+        return dict(self._committed.get((group, topic), {}))
 
-    async def stop(self) -> None:
-        pass
-
-    async def poll(self, timeout: float) -> list[Message]:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            out: list[Message] = []
-            for p, offset in self._positions.items():
-                batch = self._log._partition(self._topic, p)[offset : offset + 500]
-                if batch:
-                    self._positions[p] = batch[-1].offset + 1
-                    out.extend(batch)
-            remaining = deadline - loop.time()
-            if out or remaining <= 0:
-                await asyncio.sleep(0)  # a poll that finds data still yields, as I/O would
-                return out
-            await self._log._appended.wait(remaining)
-
-    async def caught_up(self, partition: int) -> bool:
-        return self._positions[partition] >= len(self._log._partition(self._topic, partition))
-
-
-class MemoryGroupConsumer(MemoryReader):
-    def __init__(
-        self,
-        log: MemoryEventLog,
-        topic: str,
-        group: str,
-        on_assigned: PartitionsCallback | None,
-    ) -> None:
-        super().__init__(log, topic, {})
-        self._key = (group, topic)
-        self._on_assigned = on_assigned
-
-    async def start(self) -> None:
-        self._positions.update(self._log._committed.get(self._key, {}))
-        if self._on_assigned is not None:
-            await self._on_assigned(set(self._positions))
-
-    def assignment(self) -> set[int]:
-        return set(self._positions)
-
-    async def commit(self, offsets: dict[int, int]) -> None:
-        if self._log.unavailable:
+    async def commit(self, group: str, topic: str, offsets: dict[int, int]) -> None:
+        if self.unavailable:
             raise LogUnavailable("unavailable")
-        self._log._committed.setdefault(self._key, {}).update(offsets)
+        self._committed.setdefault((group, topic), {}).update(offsets)

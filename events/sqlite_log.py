@@ -16,6 +16,8 @@ from pathlib import Path
 
 import aiosqlite
 
+from events import local_reader
+from events.local_reader import LocalGroupConsumer, LocalReader
 from events.log import Entry, LogUnavailable, Message, PartitionsCallback, Position
 from events.pulse import Pulse
 
@@ -35,7 +37,6 @@ CREATE TABLE IF NOT EXISTS group_offsets (
 # Other processes (the CLI, a second service process) append too; a reader notices their
 # records by polling at this interval, and its own process's appends at once.
 _CROSS_PROCESS_POLL = 0.1
-_BATCH = 500
 
 
 def partition_for(key: str, partitions: int) -> int:
@@ -123,7 +124,7 @@ class SqliteEventLog:
         self._appended.fire()
         return positions
 
-    async def _fetch(self, topic: str, partition: int, offset: int, limit: int) -> list[Message]:
+    async def fetch(self, topic: str, partition: int, offset: int, limit: int) -> list[Message]:
         assert self._read is not None
         async with self._read.execute(
             "SELECT offset, key, headers, value, ts FROM records "
@@ -135,7 +136,7 @@ class SqliteEventLog:
             Message(topic, partition, o, k, bytes(v), json.loads(h), ts) for o, k, h, v, ts in rows
         ]
 
-    async def _end(self, topic: str, partition: int) -> int:
+    async def end(self, topic: str, partition: int) -> int:
         assert self._read is not None
         async with self._read.execute(
             "SELECT COALESCE(MAX(offset) + 1, 0) FROM records WHERE topic = ? AND partition = ?",
@@ -144,10 +145,10 @@ class SqliteEventLog:
             (end,) = await cur.fetchone()
         return end
 
-    async def _wait_for_append(self, timeout: float) -> None:
-        await self._appended.wait(timeout)
+    async def wait_for_append(self, timeout: float) -> None:
+        await self._appended.wait(min(timeout, _CROSS_PROCESS_POLL))
 
-    async def _committed(self, group: str, topic: str) -> dict[int, int]:
+    async def committed(self, group: str, topic: str) -> dict[int, int]:
         assert self._read is not None
         async with self._read.execute(
             "SELECT partition, offset FROM group_offsets WHERE grp = ? AND topic = ?",
@@ -155,7 +156,7 @@ class SqliteEventLog:
         ) as cur:
             return {p: o for p, o in await cur.fetchall()}
 
-    async def _commit(self, group: str, topic: str, offsets: dict[int, int]) -> None:
+    async def commit(self, group: str, topic: str, offsets: dict[int, int]) -> None:
         assert self._write is not None
         async with self._write_lock:
             await self._write.executemany(
@@ -165,8 +166,8 @@ class SqliteEventLog:
             )
             await self._write.commit()
 
-    def reader(self, topic: str, start: dict[int, int] | None = None) -> SqliteReader:
-        return SqliteReader(self, topic, dict(start or {}))
+    def reader(self, topic: str, start: dict[int, int] | None = None) -> LocalReader:
+        return LocalReader(self, topic, dict(start or {}))
 
     def group_consumer(
         self,
@@ -174,11 +175,8 @@ class SqliteEventLog:
         group: str,
         on_assigned: PartitionsCallback | None = None,
         on_revoked: PartitionsCallback | None = None,
-    ) -> SqliteGroupConsumer:
-        # Every member of a group on the embedded log is given every partition (one process
-        # owns the file), so a partition is never taken away and on_revoked never fires.
-        del on_revoked
-        return SqliteGroupConsumer(self, topic, group, on_assigned)
+    ) -> LocalGroupConsumer:
+        return local_reader.group_consumer(self, topic, group, on_assigned, on_revoked)
 
 
 async def _connect(path: Path) -> aiosqlite.Connection:
@@ -186,57 +184,3 @@ async def _connect(path: Path) -> aiosqlite.Connection:
     await conn.execute("PRAGMA journal_mode=WAL")
     await conn.execute("PRAGMA synchronous=FULL")
     return conn
-
-
-class SqliteReader:
-    def __init__(self, log: SqliteEventLog, topic: str, start: dict[int, int]) -> None:
-        self._log = log
-        self._topic = topic
-        self._positions = {p: start.get(p, 0) for p in range(log.partitions)}
-
-    async def start(self) -> None:
-        pass
-
-    async def stop(self) -> None:
-        pass
-
-    async def poll(self, timeout: float) -> list[Message]:
-        deadline = time.monotonic() + timeout
-        while True:
-            out: list[Message] = []
-            for p, offset in self._positions.items():
-                batch = await self._log._fetch(self._topic, p, offset, _BATCH)
-                if batch:
-                    self._positions[p] = batch[-1].offset + 1
-                    out.extend(batch)
-            remaining = deadline - time.monotonic()
-            if out or remaining <= 0:
-                return out
-            await self._log._wait_for_append(min(remaining, _CROSS_PROCESS_POLL))
-
-    async def caught_up(self, partition: int) -> bool:
-        return self._positions[partition] >= await self._log._end(self._topic, partition)
-
-
-class SqliteGroupConsumer(SqliteReader):
-    def __init__(
-        self,
-        log: SqliteEventLog,
-        topic: str,
-        group: str,
-        on_assigned: PartitionsCallback | None,
-    ) -> None:
-        super().__init__(log, topic, {})
-        self._group = group
-        self._on_assigned = on_assigned
-
-    async def start(self) -> None:
-        self._positions.update(await self._log._committed(self._group, self._topic))
-        if self._on_assigned is not None:
-            await self._on_assigned(set(self._positions))
-
-    def assignment(self) -> set[int]:
-        return set(self._positions)
-
-    async def commit(self, offsets: dict[int, int]) -> None:
-        await self._log._commit(self._group, self._topic, offsets)

@@ -148,6 +148,21 @@ async def live_uris(data: Path) -> list[str]:
         await index.close()
 
 
+async def synced_repo(deployment: Deployment, client: Client, plc, did: str, n: int) -> list[str]:
+    """A repo of `n` records of its own on the deployment's PDS, synced by didSync; the live
+    uris of the index once they are in it."""
+    plc.register(did, pds_url=deployment.pds.url)
+    deployment.pds.add_repo(did, {"pub.chive.review.comment": n})
+    sync = await client.trigger(type="didSync", did=did)
+    assert (await client.wait_finished(sync["id"], timeout=60))["status"] == "completed"
+
+    async def indexed() -> list[str] | None:
+        uris = await live_uris(deployment.data)
+        return uris if sum(u.startswith(f"at://{did}/") for u in uris) == n else None
+
+    return await eventually(indexed, what=f"{did} in the index")
+
+
 async def test_both_replicas_of_every_type_share_its_partitions(deployment, client):
     # The client fixture waited for it; the newest assignment of each replica says so.
     assert groups_split(deployment.worker_logs())
@@ -199,12 +214,7 @@ async def test_each_type_runs_in_its_own_processes_side_by_side(deployment, clie
 
 async def test_a_worker_process_reads_its_own_replica_of_the_index(deployment, client, plc, unique):
     did = f"did:plc:kr{unique}"
-    plc.register(did, pds_url=deployment.pds.url)
-    deployment.pds.add_repo(did, {"pub.chive.review.comment": 30})
-    sync = await client.trigger(type="didSync", did=did)
-    assert (await client.wait_finished(sync["id"], timeout=60))["status"] == "completed"
-    uris = await live_uris(deployment.data)
-    assert sum(u.startswith(f"at://{did}/") for u in uris) == 30
+    uris = await synced_repo(deployment, client, plc, did, 30)
     # freshnessScan in its own process checks every record of the index once, and
     # citationExtraction finds the one eprint this test adds (no document).
     fresh = await client.trigger(type="freshnessScan")
@@ -223,13 +233,7 @@ async def test_a_worker_process_reads_its_own_replica_of_the_index(deployment, c
 async def test_full_reindex_runs_in_the_projector_process_and_switches_its_index(
     deployment, client, plc, unique
 ):
-    did = f"did:plc:kf{unique}"
-    plc.register(did, pds_url=deployment.pds.url)
-    deployment.pds.add_repo(did, {"pub.chive.review.comment": 20})
-    sync = await client.trigger(type="didSync", did=did)
-    assert (await client.wait_finished(sync["id"], timeout=60))["status"] == "completed"
-    before = await live_uris(deployment.data)
-    assert sum(u.startswith(f"at://{did}/") for u in before) == 20
+    before = await synced_repo(deployment, client, plc, f"did:plc:kf{unique}", 20)
     reindex = await client.trigger(type="fullReindex", batchSize=500)
     reindex_done = await client.wait_finished(reindex["id"], timeout=90)
     assert reindex_done["status"] == "completed", reindex_done

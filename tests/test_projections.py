@@ -325,24 +325,13 @@ async def test_a_colocated_duplicate_request_names_the_running_operation(tmp_pat
 
 
 def test_a_batch_folds_in_runs_of_one_statement_in_log_order():
-    def upsert(uri: str, cid: str) -> model.RecordUpserted:
-        did, collection, rkey = uri[5:].split("/")
-        return model.new_event(
-            model.RecordUpserted,
-            "op",
-            uri=uri,
-            did=did,
-            collection=collection,
-            rkey=rkey,
-            cid=cid,
-            value=msgspec.Raw(b'{"n": 1}'),
-        )
-
     a, b = "at://did:plc:a/pub.chive.review.comment/1", "at://did:plc:a/pub.chive.review.comment/2"
     deleted = model.new_event(
         model.RecordDeleted, "op", uri=a, did="did:plc:a", collection="x", rkey="1"
     )
-    runs = record_fold.runs([upsert(a, "c1"), upsert(b, "c2"), deleted, upsert(a, "c3")])
+    runs = record_fold.runs(
+        [_upsert(a, "c1", 1), _upsert(b, "c2", 2), deleted, _upsert(a, "c3", 3)]
+    )
     # Two upserts share one executemany; the delete and the re-upsert keep their places.
     assert [len(rows) for _, rows in runs] == [2, 1, 1]
     assert [rows[0][0] for _, rows in runs] == [a, a, a]
