@@ -117,7 +117,8 @@ async def main() -> None:
     args = parser.parse_args()
     repos = 10
     per_repo = args.records // repos
-    pds, plc = FakePds().start(), FakePlc().start()
+    plc = FakePlc().start()
+    pds = FakePds(plc).start()
     for i in range(repos):
         pds.add_repo(f"did:plc:bench{i:03d}", {"pub.chive.graph.node": per_repo})
     total = repos * per_repo

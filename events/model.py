@@ -117,6 +117,18 @@ class RecordDeleted(Event, tag="RecordDeleted", frozen=True):
     rkey: str
 
 
+class RepoSynced(Event, tag="RepoSynced", frozen=True):
+    """A repository was read whole and verified at `rev` (its signed commit `commit`), and
+    every record event of that read was appended before this one. freshnessScan asks the PDS
+    only for repos whose rev moved since."""
+
+    uri: str  # at://<did>: the key, like a record event's
+    did: str
+    pds: str
+    rev: str
+    commit: str
+
+
 class Citation(msgspec.Struct, frozen=True, omit_defaults=True):
     """One entry of an eprint's reference list, as extracted."""
 
@@ -152,7 +164,7 @@ OperationEvent = (
     | BackfillCancelRequested
     | BackfillCancelled
 )
-RecordEvent = RecordUpserted | RecordDeleted | CitationsExtracted
+RecordEvent = RecordUpserted | RecordDeleted | CitationsExtracted | RepoSynced
 AnyEvent = OperationEvent | RecordEvent
 
 

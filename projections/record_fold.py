@@ -36,6 +36,11 @@ CREATE TABLE IF NOT EXISTS citation_sets (
     uri TEXT PRIMARY KEY, document_cid TEXT NOT NULL, method TEXT NOT NULL,
     extracted_at INTEGER NOT NULL, event_id TEXT NOT NULL
 );
+-- The revision each repository was last read whole and verified at (RepoSynced).
+CREATE TABLE IF NOT EXISTS repos (
+    did TEXT PRIMARY KEY, pds TEXT NOT NULL, rev TEXT NOT NULL, commit_cid TEXT NOT NULL,
+    synced_at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS extracted_citations (
     uri TEXT NOT NULL, position INTEGER NOT NULL, title TEXT, doi TEXT, arxiv_id TEXT,
     year INTEGER, authors TEXT NOT NULL, raw TEXT, matched_uri TEXT, matched_by TEXT,
@@ -62,6 +67,11 @@ _TEXT_DELETE = "DELETE FROM eprint_text WHERE rowid = (SELECT rowid FROM records
 _TEXT_INSERT = (
     "INSERT INTO eprint_text (rowid, uri, title, abstract) "
     "SELECT rowid, uri, ?, ? FROM records WHERE uri = ?"
+)
+_REPO_UPSERT = (
+    "INSERT INTO repos (did, pds, rev, commit_cid, synced_at) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (did) DO UPDATE SET pds = excluded.pds, rev = excluded.rev, "
+    "commit_cid = excluded.commit_cid, synced_at = excluded.synced_at"
 )
 _CITATIONS_DELETE = "DELETE FROM extracted_citations WHERE uri = ?"
 _CITATION_SET_DELETE = "DELETE FROM citation_sets WHERE uri = ?"
@@ -123,6 +133,10 @@ def statements(event: model.AnyEvent) -> list[tuple[str, list[tuple]]]:
                 (_CITATION_SET_DELETE, [(event.uri,)]),
             ]
         return steps
+    if isinstance(event, model.RepoSynced):
+        return [
+            (_REPO_UPSERT, [(event.did, event.pds, event.rev, event.commit, event.occurred_at)])
+        ]
     if isinstance(event, model.CitationsExtracted):
         rows = [
             (

@@ -18,6 +18,7 @@ _SNAPSHOT_TABLES = (
     ("citation", "SELECT * FROM extracted_citations", 2),
     ("key", "SELECT kind, key, uri FROM eprint_keys", 3),
     ("text", "SELECT uri, title, abstract FROM eprint_text", 1),
+    ("repo", "SELECT * FROM repos", 1),
 )
 
 
@@ -94,6 +95,23 @@ class RecordIndex(tracking.TrackedStore):
                 for row in await cur.fetchall():
                     out[" ".join([name, *map(str, row[:key_columns])])] = tuple(row)
         return out
+
+    async def synced_repos(self) -> dict[str, tuple[str, str]]:
+        """did -> (pds, rev) of every repository last read whole and verified."""
+        conn = await self._current()
+        async with conn.execute("SELECT did, pds, rev FROM repos") as cur:
+            return {did: (pds, rev) for did, pds, rev in await cur.fetchall()}
+
+    async def live_of(self, did: str, prefix: str = "pub.chive.") -> dict[str, tuple[str, str]]:
+        """`collection/rkey` -> (uri, cid) of the repo's live records in collections starting
+        with `prefix`."""
+        conn = await self._current()
+        async with conn.execute(
+            "SELECT collection, rkey, uri, cid FROM records WHERE did = ? AND deleted = 0 "
+            "AND collection >= ? AND collection < ?",
+            (did, prefix, prefix + "\uffff"),
+        ) as cur:
+            return {f"{c}/{k}": (uri, cid) for c, k, uri, cid in await cur.fetchall()}
 
     async def get(self, uri: str) -> IndexedRecord | None:
         conn = await self._current()

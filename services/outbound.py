@@ -31,6 +31,8 @@ import httpx
 DID_DOCUMENT_BYTES = 512 * 1024
 PAGE_BYTES = 16 * 1024 * 1024  # listRecords / listRepos / describeRepo pages
 RECORD_BYTES = 2 * 1024 * 1024  # getRecord
+# A whole repository (getRepo): held in memory to verify; a larger one is read page by page.
+REPO_BYTES = 64 * 1024 * 1024
 # (getBlob's cap is the caller's: citationExtraction's document size)
 
 

@@ -24,7 +24,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from services.atproto import keys
+from services.atproto import car, keys
+from testkit import repo_car
 from testkit.broker import free_port, wait_for_port
 
 
@@ -61,13 +62,13 @@ def _error(status: int, name: str, message: str) -> JSONResponse:
     return JSONResponse({"error": name, "message": message}, status_code=status)
 
 
-def cid_for(value: dict[str, Any]) -> str:
-    digest = hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
-    return "bafyrei" + digest[:52]
+def cid_for(value: Any) -> str:
+    """The record's CID, as a PDS computes it: its DAG-CBOR block's."""
+    return str(repo_car.record_block(value)[0])
 
 
 def blob_cid(data: bytes) -> str:
-    return "bafkrei" + hashlib.sha256(data).hexdigest()[:52]
+    return str(car.cid_for(data, car.RAW))
 
 
 @dataclass
@@ -93,10 +94,18 @@ class Faults:
     endless_cursor: bool = False
     # listRecords answers this many records whatever the limit asked (repeating the repo's).
     overfill: int = 0
+    # getRepo answers 501 MethodNotImplemented, as a PDS without the sync API would.
+    no_get_repo: bool = False
+    # getRepo serves the CAR through this (tampering tests): (did, car bytes) -> bytes.
+    car_filter: Any = None
 
 
 class FakePds:
-    def __init__(self) -> None:
+    def __init__(self, plc: FakePlc | None = None) -> None:
+        """`plc`: a directory where each repo added here is registered (its DID pointing at
+        this PDS, with the key the repo is signed with) unless the DID is there already."""
+        self._plc = plc
+        self._cars: dict[str, tuple[str, bytes, str, str]] = {}
         self.repos: dict[str, Repo] = {}
         self.faults = Faults()
         self.calls: dict[str, int] = {}
@@ -106,6 +115,7 @@ class FakePds:
         self.app = Starlette(
             routes=[
                 Route("/xrpc/com.atproto.sync.listRepos", self.list_repos),
+                Route("/xrpc/com.atproto.sync.getRepo", self.get_repo),
                 Route("/xrpc/com.atproto.repo.describeRepo", self.describe_repo),
                 Route("/xrpc/com.atproto.repo.listRecords", self.list_records),
                 Route("/xrpc/com.atproto.repo.getRecord", self.get_record),
@@ -132,7 +142,12 @@ class FakePds:
                 f"3k{i:010d}": {"$type": collection, "n": i, "did": did} for i in range(n)
             }
         self.repos[did] = repo
+        self._register(did)
         return repo
+
+    def _register(self, did: str) -> None:
+        if self._plc is not None and did not in self._plc.documents:
+            self._plc.register(did, pds_url=self.url)
 
     def add_blob(self, did: str, data: bytes, mime: str = "application/pdf") -> dict[str, Any]:
         """Store a blob in the repo; returns the blob ref a record holds."""
@@ -142,6 +157,7 @@ class FakePds:
 
     def put_record(self, did: str, collection: str, rkey: str, value: dict[str, Any]) -> str:
         repo = self.repos.setdefault(did, Repo(did))
+        self._register(did)
         repo.collections.setdefault(collection, {})[rkey] = {"$type": collection, **value}
         return f"at://{did}/{collection}/{rkey}"
 
@@ -181,21 +197,54 @@ class FakePds:
             )
         return None
 
+    def repo_car(self, did: str) -> tuple[bytes, str, str]:
+        """(CAR, rev, head) of the repo as it is now, signed with its DID's test key. The
+        revision follows the content (tests edit collections in place)."""
+        repo = self.repos[did]
+        records = {
+            f"{c}/{rkey}": value for c, rs in repo.collections.items() for rkey, value in rs.items()
+        }
+        digest = hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()
+        cached = self._cars.get(did)
+        if cached is None or cached[0] != digest:
+            rev = "3k" + digest[:11]
+            data = repo_car.build_car(did, records, rev)
+            roots, _ = car.read_car(data)
+            cached = self._cars[did] = (digest, data, rev, str(roots[0]))
+        return cached[1], cached[2], cached[3]
+
     async def list_repos(self, request: Request) -> Response:
         if (fault := await self._gate("listRepos")) is not None:
             return fault
         limit = min(int(request.query_params.get("limit", 500)), 1000)
         cursor = request.query_params.get("cursor")
         dids = sorted(d for d in self.repos if cursor is None or d > cursor)[:limit]
-        body: dict[str, Any] = {
-            "repos": [
-                {"did": d, "head": "bafyhead", "rev": "3krev", "active": self.repos[d].active}
-                for d in dids
-            ]
-        }
+        listed = []
+        for d in dids:
+            _, rev, head = self.repo_car(d)
+            listed.append({"did": d, "head": head, "rev": rev, "active": self.repos[d].active})
+        body: dict[str, Any] = {"repos": listed}
         if dids:
             body["cursor"] = dids[-1]
         return JSONResponse(body)
+
+    async def get_repo(self, request: Request) -> Response:
+        """The whole repo as a CAR; `since` is not honoured (a whole repo is a valid answer to
+        it: everything in it is at least as new)."""
+        if (fault := await self._gate("getRepo")) is not None:
+            return fault
+        if self.faults.no_get_repo:
+            return _error(501, "MethodNotImplemented", "Method Not Implemented")
+        did = request.query_params.get("did", "")
+        repo = self.repos.get(did)
+        if repo is None:
+            return _error(400, "RepoNotFound", f"Could not find repo for DID: {did}")
+        if not repo.active:
+            return _error(400, "RepoDeactivated", f"Repo has been deactivated: {did}")
+        data, _, _ = self.repo_car(did)
+        if self.faults.car_filter is not None:
+            data = self.faults.car_filter(did, data)
+        return Response(data, media_type="application/vnd.ipld.car")
 
     async def describe_repo(self, request: Request) -> Response:
         if (fault := await self._gate("describeRepo")) is not None:
@@ -317,7 +366,10 @@ class FakePlc:
     def register(
         self, did: str, *, pds_url: str | None = None, key_multibase: str | None = None
     ) -> dict[str, Any]:
-        # As the reference PLC server does: the key in the legacy form, id "#atproto".
+        # As the reference PLC server does: the key in the legacy form, id "#atproto". Unless
+        # told otherwise, the key the loopback PDS signs this DID's repo with.
+        if key_multibase is None:
+            key_multibase = repo_car.repo_key(did).public.multibase()
         self.documents[did] = did_document(
             did, pds_url=pds_url, key_multibase=key_multibase, form="legacy"
         )

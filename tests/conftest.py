@@ -46,10 +46,11 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 @pytest.fixture(scope="session")
-def pds():
+def pds(plc):
+    """The loopback PDS; repos added to it are registered in the loopback PLC directory."""
     from testkit.servers import FakePds
 
-    server = FakePds().start()
+    server = FakePds(plc).start()
     yield server
     server.stop()
 
@@ -64,11 +65,11 @@ def plc():
 
 
 @pytest.fixture
-def fresh_pds():
+def fresh_pds(plc):
     """A PDS of the test's own, for tests that change its data or faults."""
     from testkit.servers import FakePds
 
-    server = FakePds().start()
+    server = FakePds(plc).start()
     yield server
     server.stop()
 

@@ -85,7 +85,7 @@ async def run_undisturbed(tmp_path, plc, workload) -> tuple[set, list]:
 async def test_seeded_kills_change_nothing(log_kind, kafka, tmp_path, plc, unique):
     from testkit.servers import FakePds
 
-    pds_a, pds_b = FakePds().start(), FakePds().start()
+    pds_a, pds_b = FakePds(plc).start(), FakePds(plc).start()
     try:
         workload = build_workload(plc, pds_a, pds_b, unique)
         expected, expected_rows = await run_undisturbed(tmp_path, plc, workload)

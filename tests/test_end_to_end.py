@@ -84,8 +84,10 @@ async def test_pds_scan_without_url_scans_every_learned_pds(
 
 
 async def test_cancel_stops_running_work(settings, admin, fresh_pds, unique):
-    fresh_pds.faults.delay_s = 0.05
-    fresh_pds.add_repo(f"did:plc:big{unique}", {"pub.chive.graph.edge": 5000})
+    for i in range(10):
+        fresh_pds.add_repo(f"did:plc:big{i}{unique}", {"pub.chive.graph.edge": 500})
+    # The first repos come at once, the rest slowly: the cancel lands while work is left.
+    fresh_pds.faults.stalls["getRepo"] = [0, 0] + [2.0] * 8
     async with running_service(settings, admin) as client:
         op = await client.trigger(type="pdsScan", pdsUrl=fresh_pds.url)
         await client.wait_processed(op["id"])
@@ -94,13 +96,13 @@ async def test_cancel_stops_running_work(settings, admin, fresh_pds, unique):
         done = await client.wait_finished(op["id"])
         assert done["status"] == "cancelled"
         assert 0 < done["recordsProcessed"] < 5000
-        pages_when_cancelled = fresh_pds.calls["listRecords"]
+        requests_when_cancelled = fresh_pds.calls["getRepo"]
         again = await client.post("pub.chive.admin.cancelBackfill", {"id": op["id"]})
         assert again.json() == {"success": False}
-        # The work really stopped: a second status read later shows the same state and the
-        # PDS saw at most the one page that was in flight.
+        # The work really stopped: a second status read later shows the same state, and the
+        # PDS was asked for no repo after the cancel (nor for all of them before it).
         assert (await client.status(op["id"]))["recordsProcessed"] == done["recordsProcessed"]
-        assert fresh_pds.calls["listRecords"] <= pages_when_cancelled + 1
+        assert fresh_pds.calls["getRepo"] == requests_when_cancelled < 10
 
 
 async def test_duplicate_trigger_returns_the_running_operation(settings, admin, fresh_pds, unique):
@@ -142,10 +144,10 @@ async def test_unreachable_pds_fails_with_a_clear_error(settings, admin, plc, un
 
 async def test_transient_pds_errors_are_retried(settings, admin, fresh_pds, unique):
     fresh_pds.add_repo(f"did:plc:flaky{unique}", {"pub.chive.graph.node": 30})
-    fresh_pds.faults.fail = {"listRecords": [500, 503], "describeRepo": [429]}
+    fresh_pds.faults.fail = {"getRepo": [500, 503, 429], "listRepos": [503]}
     fresh_pds.faults.retry_after = "0"
     async with running_service(settings, admin) as client:
         op = await client.trigger(type="pdsScan", pdsUrl=fresh_pds.url)
         done = await client.wait_finished(op["id"])
     assert done["status"] == "completed" and done["recordsProcessed"] == 30
-    assert fresh_pds.faults.fail == {"listRecords": [], "describeRepo": []}
+    assert fresh_pds.faults.fail == {"getRepo": [], "listRepos": []}

@@ -28,7 +28,7 @@ async def synced(client, plc, pds, did: str, counts: dict[str, int]) -> None:
 
 
 async def test_changed_gone_and_unreachable(kafka, admin, tmp_path, plc, unique):
-    live, dead = FakePds().start(), FakePds().start()
+    live, dead = FakePds(plc).start(), FakePds(plc).start()
     settings = msgspec.structs.replace(
         settings_for(tmp_path / "data", admin, plc.url, kafka=kafka, namespace=unique),
         source_attempts=2,

@@ -10,11 +10,15 @@ from events import model
 from events.log import read_to_end
 from events.memory_log import MemoryEventLog
 from services import outbound
+from services.atproto import car, keys
 from services.atproto.identity import DidResolver
 from services.settings import Settings
 from services.workers import did_sync
 from services.workers.context import Limits, OperationFailed, Services, WorkContext
+from services.workers.repo_sync import UNVERIFIED
 from services.workers.xrpc_client import RetryPolicy, XrpcClient
+from testkit import repo_car
+from testkit.servers import cid_for
 
 pytestmark = pytest.mark.unit
 
@@ -55,32 +59,102 @@ async def log():
     await log.close()
 
 
-async def test_did_sync_indexes_every_chive_record_of_the_repo(log, plc, fresh_pds, unique):
+def upserts(messages) -> list[model.RecordUpserted]:
+    events = [model.decode(m.value) for m in messages]
+    return [e for e in events if isinstance(e, model.RecordUpserted)]
+
+
+async def test_did_sync_reads_the_repo_whole_and_verified(log, plc, fresh_pds, unique):
     did = f"did:plc:fast{unique}"
     fresh_pds.add_repo(did, {"pub.chive.eprint.submission": 150, "app.bsky.feed.post": 3})
-    plc.register(did, pds_url=fresh_pds.url)
-    outcome, progress = await run_did_sync(log, plc, did)
-    records = await read_to_end(log, model.RECORDS_TOPIC)
+    outcome, _ = await run_did_sync(log, plc, did)
+    events = [model.decode(m.value) for m in await read_to_end(log, model.RECORDS_TOPIC)]
+    records = [e for e in events if isinstance(e, model.RecordUpserted)]
     assert outcome.records_processed == 150 == len(records)
-    assert outcome.sources == [fresh_pds.url]
-    assert {m.key for m in records} == {
-        u for u in fresh_pds.chive_uris() if u.startswith(f"at://{did}/")
-    }
-    # Two listRecords pages: the checkpoint after the first is where a resumed run starts.
-    assert progress and progress[-1].checkpoint["count"] == 150
+    assert outcome.sources == [fresh_pds.url] and outcome.skip_reasons == {}
+    # Every CID is the one the PDS computed; the repo's revision is remembered last.
+    collection = fresh_pds.repos[did].collections["pub.chive.eprint.submission"]
+    assert {(e.rkey, e.cid) for e in records} == {(k, cid_for(v)) for k, v in collection.items()}
+    _, rev, head = fresh_pds.repo_car(did)
+    (synced,) = [e for e in events if isinstance(e, model.RepoSynced)]
+    assert (synced.did, synced.rev, synced.commit, synced.pds) == (did, rev, head, fresh_pds.url)
+    assert fresh_pds.calls.get("listRecords", 0) == 0 and fresh_pds.calls["getRepo"] == 1
 
 
-async def test_did_sync_resumes_from_its_checkpoint(log, plc, fresh_pds, unique):
-    did = f"did:plc:resume{unique}"
+async def test_a_pds_without_get_repo_is_read_page_by_page_and_resumably(
+    log, plc, fresh_pds, unique
+):
+    did = f"did:plc:paged{unique}"
     fresh_pds.add_repo(did, {"pub.chive.eprint.submission": 150})
-    plc.register(did, pds_url=fresh_pds.url)
-    _, progress = await run_did_sync(log, plc, did)
-    first_page = next(p.checkpoint for p in progress if p.checkpoint["count"] == 100)
+    fresh_pds.faults.no_get_repo = True
+    outcome, progress = await run_did_sync(log, plc, did)
+    assert outcome.records_processed == 150
+    assert outcome.skip_reasons == {UNVERIFIED: 150}
+    assert len(upserts(await read_to_end(log, model.RECORDS_TOPIC))) == 150
+    # Two listRecords pages: the checkpoint after the first is where a resumed run starts.
+    first_page = next(p.checkpoint for p in progress if (p.checkpoint or {}).get("count") == 100)
     resumed_log = MemoryEventLog(partitions=2)
     await resumed_log.start()
     outcome, _ = await run_did_sync(resumed_log, plc, did, checkpoint=first_page)
     assert outcome.records_processed == 150
-    assert len(await read_to_end(resumed_log, model.RECORDS_TOPIC)) == 50
+    assert len(upserts(await read_to_end(resumed_log, model.RECORDS_TOPIC))) == 50
+
+
+def _flip_last_byte(did: str, data: bytes) -> bytes:
+    return data[:-1] + bytes([data[-1] ^ 1])
+
+
+def _drop_a_record_block(did: str, data: bytes) -> bytes:
+    roots, blocks = car.read_car(data)
+    commit = car.decode(blocks[roots[0]])
+    node = car.decode(blocks[commit["data"]])
+    record = (node["e"] or [{}])[0].get("v")
+    return repo_car.write_car(roots, {c: b for c, b in blocks.items() if c != record})
+
+
+def _resign(did: str, data: bytes) -> bytes:
+    """The same tree under a commit signed by another key."""
+    roots, blocks = car.read_car(data)
+    commit = car.decode(blocks.pop(roots[0]))
+    unsigned = {k: v for k, v in commit.items() if k != "sig"}
+    forged = {**unsigned, "sig": keys.PrivateKey.generate().sign(car.encode(unsigned))}
+    block = car.encode(forged)
+    blocks[car.cid_for(block)] = block
+    return repo_car.write_car([car.cid_for(block)], blocks)
+
+
+@pytest.mark.parametrize(
+    "tamper, reason",
+    [
+        (_flip_last_byte, "repo did not verify: a block does not match its CID"),
+        (lambda did, data: data[: len(data) // 2], "repo did not verify: truncated CAR block"),
+        (_drop_a_record_block, "repo did not verify: a record is missing from the CAR"),
+        (_resign, "repo did not verify: the commit signature does not verify"),
+    ],
+    ids=["altered-block", "truncated", "record-missing", "forged-signature"],
+)
+async def test_a_repo_that_does_not_verify_is_not_indexed_at_all(
+    log, plc, fresh_pds, unique, tamper, reason
+):
+    did = f"did:plc:tampered{unique}"
+    fresh_pds.add_repo(did, {"pub.chive.eprint.submission": 40})
+    fresh_pds.faults.car_filter = tamper
+    outcome, _ = await run_did_sync(log, plc, did)
+    assert outcome.records_processed == 0
+    (got,) = outcome.skip_reasons
+    assert got.startswith(reason), got
+    assert await read_to_end(log, model.RECORDS_TOPIC) == []
+
+
+async def test_a_repo_over_the_size_cap_is_read_page_by_page(
+    log, plc, fresh_pds, unique, monkeypatch
+):
+    did = f"did:plc:huge{unique}"
+    fresh_pds.add_repo(did, {"pub.chive.eprint.submission": 120})
+    monkeypatch.setattr(outbound, "REPO_BYTES", 4096)
+    outcome, _ = await run_did_sync(log, plc, did)
+    assert outcome.records_processed == 120 and outcome.skip_reasons == {UNVERIFIED: 120}
+    assert fresh_pds.calls["getRepo"] == 1 and fresh_pds.calls["listRecords"] >= 2
 
 
 async def test_did_sync_names_what_is_missing(log, plc, fresh_pds, unique):

@@ -77,7 +77,7 @@ def deployment(kafka_bootstrap, tmp_path_factory, plc) -> Iterator[Deployment]:
     env = service_env(
         tmp / "data", port, plc.url, admin, kafka=kafka_bootstrap, namespace=namespace
     )
-    pds = FakePds().start()
+    pds = FakePds(plc).start()
 
     # Topics exist before anyone consumes: created by the first process's startup too, but
     # creating them here keeps the replicas from racing the API on first start.

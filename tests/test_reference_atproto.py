@@ -11,6 +11,8 @@ import msgspec
 import pytest
 
 from projections.index_reader import FollowingIndex
+from services.atproto import keys, repo
+from services.atproto.identity import signing_key_method
 from testkit.documents import paper_pdf
 from testkit.harness import SERVICE_DID, running_service, settings_for
 from testkit.waiting import eventually
@@ -167,12 +169,14 @@ async def test_every_type_against_the_reference_servers(settings, atproto, world
         # didSync: alice's five pub.chive records (two submissions, two comments... and not
         # her app.bsky post).
         done = await run(type="didSync", did=alice.did)
-        assert done["recordsProcessed"] == 4
+        # Read whole with getRepo and verified against her key from the PLC directory:
+        # nothing skipped, nothing read unverified.
+        assert done["recordsProcessed"] == 4 and "skipReasons" not in done, done
         await index.open()
         try:
             # pdsScan: every repo the PDS lists; bob's comment and the governance graph too.
             done = await run(type="pdsScan", pdsUrl=atproto.pds_url)
-            assert done["recordsProcessed"] == 4 + 1 + 4
+            assert done["recordsProcessed"] == 4 + 1 + 4 and "skipReasons" not in done, done
 
             async def indexed() -> bool:
                 return (await index.stats())["live"] == 9
@@ -225,7 +229,7 @@ async def test_every_type_against_the_reference_servers(settings, atproto, world
             await index.close()
 
 
-def test_the_loopback_pds_answers_as_the_reference_does(atproto, pds, unique):
+def test_the_loopback_pds_answers_as_the_reference_does(atproto, pds, plc, unique):
     """The fake PDS (kept for fault injection) follows the reference on every call the workers
     make: status codes, error names, field shapes and the paging rule (a cursor on every
     non-empty page, the page after the last full one empty without one)."""
@@ -241,6 +245,7 @@ def test_the_loopback_pds_answers_as_the_reference_does(atproto, pds, unique):
         body = response.json() if response.content else None
         return response.status_code, body
 
+    plc_of = {atproto.pds_url: atproto.plc_url, pds.url: plc.url}
     for did, base in ((real.did, atproto.pds_url), (fake_did, pds.url)):
         status, described = call(base, "com.atproto.repo.describeRepo", repo=did)
         assert status == 200 and collection in described["collections"], (base, described)
@@ -271,6 +276,20 @@ def test_the_loopback_pds_answers_as_the_reference_does(atproto, pds, unique):
         mine = [r for r in repos["repos"] if r["did"] == did]
         assert status == 200 and len(mine) == 1 and mine[0]["active"] is True
         assert set(mine[0]) >= {"did", "head", "rev", "active"}
+        # getRepo: a CAR whose root is the commit listRepos names, signed with the key the
+        # PLC directory publishes for the DID, holding the three records.
+        response = httpx.get(f"{base}/xrpc/com.atproto.sync.getRepo", params={"did": did})
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("application/vnd.ipld.car")
+        document = httpx.get(f"{plc_of[base]}/{did}", timeout=10).json()
+        key = keys.parse_verification_method(*signing_key_method(document))
+        verified = repo.verify(response.content, did, key)
+        assert (str(verified.commit), verified.rev) == (mine[0]["head"], mine[0]["rev"])
+        assert [e.rkey for e in verified.entries if e.collection == collection] == [
+            f"3k{i:010d}" for i in range(3)
+        ]
+        unknown = call(base, "com.atproto.sync.getRepo", did="did:plc:nobodyhere000000000000")
+        assert (unknown[0], unknown[1]["error"]) == (400, "RepoNotFound"), (base, unknown)
 
 
 CID_NOT_THERE = "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy"

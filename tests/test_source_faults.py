@@ -33,10 +33,23 @@ async def scan(settings, admin, pds, index: list[str] | None = None):
     return done
 
 
+async def test_get_repo_timeouts_and_errors_are_retried(settings, admin, fresh_pds, unique):
+    fresh_pds.add_repo(f"did:plc:c{unique}", {"pub.chive.graph.node": 150})
+    # A stall past the 1 s deadline, then a 503: within the 3 attempts the settings allow.
+    fresh_pds.faults.stalls = {"getRepo": [2.5]}
+    fresh_pds.faults.fail = {"getRepo": [503]}
+    done = await scan(settings, admin, fresh_pds)
+    assert done["status"] == "completed", done
+    assert done["recordsProcessed"] == 150 and "skipReasons" not in done
+    assert fresh_pds.faults.stalls == {"getRepo": []} and fresh_pds.faults.fail == {"getRepo": []}
+    assert fresh_pds.calls["getRepo"] == 3
+
+
 async def test_timeouts_truncated_and_non_json_bodies_are_retried(
     settings, admin, fresh_pds, unique
 ):
     fresh_pds.add_repo(f"did:plc:t{unique}", {"pub.chive.graph.node": 150})
+    fresh_pds.faults.no_get_repo = True  # the listRecords path
     # One fault per call site, each within the 3 attempts the settings allow.
     fresh_pds.faults.stalls = {"listRepos": [2.5]}
     fresh_pds.faults.bodies = {
@@ -71,6 +84,7 @@ async def test_garbage_bodies_forever_fail_clearly(settings, admin, fresh_pds, u
 async def test_an_endless_cursor_does_not_loop_forever(settings, admin, fresh_pds, unique):
     fresh_pds.add_repo(f"did:plc:e{unique}", {"pub.chive.graph.node": 30})
     fresh_pds.faults.endless_cursor = True
+    fresh_pds.faults.no_get_repo = True  # the listRecords path
     done = await scan(settings, admin, fresh_pds)
     assert done["status"] == "failed" and "repeats the same listRecords page" in done["error"]
     assert fresh_pds.calls["endless"] == 2

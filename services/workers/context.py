@@ -193,16 +193,20 @@ def from_checkpoint(data: dict[str, Any] | None, kind: type):
     return msgspec.convert(data, kind) if data else kind()
 
 
-async def pds_of(services: Services, did: str, *, fresh: bool = False) -> str:
-    """The PDS endpoint of a DID; OperationFailed naming why there is none. Documents come
-    from the resolver's cache unless `fresh` (a sync of one DID wants where it lives now)."""
+async def resolve(services: Services, did: str, *, fresh: bool = False) -> dict[str, Any]:
+    """The DID document; OperationFailed naming why there is none. Documents come from the
+    resolver's cache unless `fresh` (a sync of one DID wants where it lives now)."""
     try:
-        document = await services.resolver.resolve(did, fresh=fresh)
+        return await services.resolver.resolve(did, fresh=fresh)
     except DidNotFound as exc:
         raise OperationFailed(f"DID {did} not found: {exc}") from exc
     except ResolutionError as exc:
         raise OperationFailed(f"cannot resolve {did}: {exc}") from exc
-    endpoint = pds_endpoint(document)
+
+
+async def pds_of(services: Services, did: str, *, fresh: bool = False) -> str:
+    """The PDS endpoint of a DID; OperationFailed naming why there is none."""
+    endpoint = pds_endpoint(await resolve(services, did, fresh=fresh))
     if endpoint is None:
         raise OperationFailed(f"DID document of {did} has no #atproto_pds service")
     return endpoint

@@ -1,5 +1,8 @@
 """pdsScan: every repo a PDS lists (listRepos, all pages), every pub.chive.* collection of each.
 
+Each repo is read whole with com.atproto.sync.getRepo and verified against its DID's #atproto
+key (a repo that does not verify is skipped with the reason); a PDS that does not serve getRepo
+is read page by page with listRecords, and skipReasons counts those records as unverified.
 Without `pdsUrl` it scans every PDS the service has learned of: the sources of all completed
 didSync and pdsScan operations on the log. Repos of one listRepos page are scanned with bounded
 concurrency; the checkpoint holds the page's cursor and the repos of it already finished, so a
@@ -23,6 +26,7 @@ from services.workers.context import (
     to_checkpoint,
 )
 from services.workers.repo_scan import RepoPosition, scan_repo
+from services.workers.repo_sync import UNVERIFIED, Unverified, read_repo
 from services.workers.xrpc_client import SourceUnavailable, XrpcCallError
 
 REPOS_PAGE = 200
@@ -113,22 +117,9 @@ async def _scan_pds(ctx, pds_url, state: Checkpoint, in_flight, report) -> None:
             async with semaphore:
                 ctx.check_cancelled()
                 in_flight[did] = 0
-
-                skipped: list[str] = []
-
-                async def on_page(events, _position: RepoPosition, invalid: list[str]) -> None:
-                    await ctx.emit_records(events)
-                    in_flight[did] += len(events)
-                    skipped.extend(invalid)
-                    await report()
-
-                try:
-                    await scan_repo(ctx, pds_url, did, on_page)
-                except XrpcCallError:
-                    # Taken down, deactivated or deleted since listRepos: nothing to index.
-                    pass
+                skipped = await _read_one(ctx, pds_url, did, in_flight, report)
                 state.count += in_flight.pop(did)
-                state.skipped += len(skipped)
+                state.skipped += sum(1 for r in skipped if r != UNVERIFIED)
                 count_reasons(state.reasons, skipped)
                 state.done.append(did)
                 await report()
@@ -144,6 +135,39 @@ async def _scan_pds(ctx, pds_url, state: Checkpoint, in_flight, report) -> None:
             return
         state.page_cursor, state.done = page.cursor, []
         await report()
+
+
+async def _read_one(ctx, pds_url: str, did: str, in_flight: dict[str, int], report) -> list[str]:
+    """Index one repo: whole and verified (getRepo), else page by page (listRecords). The
+    skip reasons of its records; UNVERIFIED once per record read with listRecords."""
+
+    async def appended(count: int) -> None:
+        in_flight[did] = count
+        await report()
+
+    try:
+        read = await read_repo(ctx, pds_url, did, appended)
+    except Unverified as exc:
+        return [str(exc)]
+    except XrpcCallError:
+        return []  # taken down, deactivated or deleted since listRepos: nothing to index
+    if read is not None:
+        return read.skipped
+    in_flight[did] = 0
+    skipped: list[str] = []
+
+    async def on_page(events, _position: RepoPosition, invalid: list[str]) -> None:
+        await ctx.emit_records(events)
+        in_flight[did] += len(events)
+        skipped.extend(invalid)
+        skipped.extend([UNVERIFIED] * len(events))
+        await report()
+
+    try:
+        await scan_repo(ctx, pds_url, did, on_page)
+    except XrpcCallError:
+        pass
+    return skipped
 
 
 def _first_leaf(error: BaseException) -> BaseException:

@@ -124,7 +124,7 @@ async def scan_repo(
             first_uri = page.records[0].uri
         events, skipped = [], []
         for record in page.records:
-            reason = _invalid(record, did, collection) or (
+            reason = invalid_record(record.uri, record.value, did, collection) or (
                 validate(collection, record.value) if validate else None
             )
             if reason is None:
@@ -140,15 +140,15 @@ async def scan_repo(
         await on_page(events, position, skipped)
 
 
-def _invalid(record: ListedRecord, did: str, collection: str) -> str | None:
-    """Why a listed record cannot be indexed: its at-uri must name this repo, collection and a
-    record key, and its value must be a JSON object."""
-    parsed = parse_at_uri(record.uri)
+def invalid_record(uri: str, value: bytes, did: str, collection: str) -> str | None:
+    """Why a record read from a repo cannot be indexed: its at-uri must name this repo,
+    collection and a record key, and its value must be a JSON object of bounded size."""
+    parsed = parse_at_uri(uri)
     if parsed is None or parsed[0] != did or parsed[1] != collection or parsed[2] is None:
         return "uri does not name a record of this repo and collection"
-    if not bytes(record.value).lstrip().startswith(b"{"):
+    if not bytes(value).lstrip().startswith(b"{"):
         return "value is not an object"
-    if len(record.value) > MAX_RECORD_VALUE_BYTES:
+    if len(value) > MAX_RECORD_VALUE_BYTES:
         return f"value is larger than {MAX_RECORD_VALUE_BYTES} bytes"
     return None
 

@@ -68,6 +68,15 @@ class XrpcClient:
     ) -> T:
         return await self._get(url, params, max_bytes, lambda b: msgspec.json.decode(b, type=into))
 
+    async def bytes_of(
+        self, base_url: str, nsid: str, params: dict[str, Any], max_bytes: int
+    ) -> bytes:
+        """A query whose answer is not JSON (a CAR): the body, at most `max_bytes`
+        (XrpcCallError "ResponseTooLarge" past it, counted as it streams in)."""
+        url = f"{base_url.rstrip('/')}/xrpc/{nsid}"
+        query = {k: v for k, v in params.items() if v is not None}
+        return await self._get(url, query, max_bytes, lambda b: b)
+
     async def blob(self, base_url: str, did: str, cid: str, max_bytes: int) -> bytes:
         """com.atproto.sync.getBlob; XrpcCallError("BlobTooLarge") past max_bytes (counted as
         it streams in, never after the whole download), "BlobNotFound" for a missing blob."""
@@ -106,7 +115,8 @@ class XrpcClient:
                     return parse(response.body)
                 except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                     raise Retry(f"unexpected response body: {exc}") from exc
-            if status == 429 or status >= 500:
+            # 501: the server does not implement the method; asking again will not change that.
+            if status == 429 or (status >= 500 and status != 501):
                 cap = self.policy.max_retry_after_s
                 raise Retry(f"HTTP {status}", _retry_after(response.headers, cap))
             error, message = _error_body(response)

@@ -1,0 +1,151 @@
+"""CAR v1 files (what com.atproto.sync.getRepo serves) and the DAG-CBOR inside them.
+
+Every block is checked against its CID as it is read: a CID names its content by hash, so a
+block whose bytes do not hash to it is refused, and nothing read from a CAR is trusted by name
+alone. Only what repositories use is accepted: CID v1, codecs dag-cbor (0x71) and raw (0x55),
+sha2-256 multihash.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import cbor2
+
+DAG_CBOR = 0x71
+RAW = 0x55
+SHA2_256 = 0x12
+_B32 = "abcdefghijklmnopqrstuvwxyz234567"
+
+
+class CarError(ValueError):
+    """Not a CAR, a truncated one, or a block that does not match its CID."""
+
+
+@dataclass(frozen=True, slots=True)
+class Cid:
+    """A CID in binary form (v1: version, codec, multihash). Its text form is multibase
+    base32 (`b...`), as the AT Protocol writes CIDs."""
+
+    raw: bytes
+
+    def __str__(self) -> str:
+        return "b" + base64.b32encode(self.raw).decode().lower().rstrip("=")
+
+    def __repr__(self) -> str:
+        return f"Cid({self})"
+
+
+def cid_for(data: bytes, codec: int = DAG_CBOR) -> Cid:
+    return Cid(bytes([1, codec, SHA2_256, 32]) + hashlib.sha256(data).digest())
+
+
+def parse_cid(text: str) -> Cid:
+    """A CID from its base32 text form; CarError if it is not one."""
+    if not text.startswith("b") or not text[1:].isalnum():
+        raise CarError(f"not a base32 CID: {text[:80]!r}")
+    body = text[1:].upper()
+    try:
+        raw = base64.b32decode(body + "=" * (-len(body) % 8))
+    except ValueError as exc:
+        raise CarError(f"not a base32 CID: {text[:80]!r}") from exc
+    _check_cid(raw)
+    return Cid(raw)
+
+
+def read_car(data: bytes | memoryview) -> tuple[list[Cid], dict[Cid, bytes]]:
+    """(roots, blocks by CID). Every block's bytes hash to its CID, or CarError."""
+    view = memoryview(data)
+    header_len, pos = _varint(view, 0)
+    if header_len == 0 or pos + header_len > len(view):
+        raise CarError("truncated CAR header")
+    header = decode(bytes(view[pos : pos + header_len]))
+    pos += header_len
+    if not isinstance(header, dict) or header.get("version") != 1:
+        raise CarError("not a CAR v1 file")
+    roots = header.get("roots")
+    if not isinstance(roots, list) or not all(isinstance(r, Cid) for r in roots):
+        raise CarError("CAR header without roots")
+    blocks: dict[Cid, bytes] = {}
+    end = len(view)
+    while pos < end:
+        length, pos = _varint(view, pos)
+        if length < 36 or pos + length > end:
+            raise CarError("truncated CAR block")
+        raw = bytes(view[pos : pos + 36])
+        _check_cid(raw)
+        block = bytes(view[pos + 36 : pos + length])
+        if hashlib.sha256(block).digest() != raw[4:]:
+            raise CarError("a block does not match its CID")
+        blocks[Cid(raw)] = block
+        pos += length
+    return roots, blocks
+
+
+def decode(block: bytes) -> Any:
+    """DAG-CBOR to Python: links become Cid, byte strings stay bytes."""
+    try:
+        # DAG-CBOR is strict: definite lengths, unique keys.
+        return cbor2.loads(
+            block, tag_hook=_tag, allow_indefinite=False, allow_duplicate_keys=False, max_depth=128
+        )
+    except (cbor2.CBORDecodeError, ValueError, TypeError, RecursionError) as exc:
+        raise CarError("a block is not valid DAG-CBOR") from exc
+
+
+def encode(value: Any) -> bytes:
+    """Canonical DAG-CBOR (map keys length-first, then bytewise; links as tag 42)."""
+    return cbor2.dumps(value, canonical=True, default=_encode_link)
+
+
+def to_json(value: Any) -> Any:
+    """The JSON form of a decoded record (the AT Protocol data model): links as
+    {"$link": cid}, bytes as {"$bytes": base64}."""
+    if isinstance(value, Cid):
+        return {"$link": str(value)}
+    if isinstance(value, bytes):
+        return {"$bytes": base64.b64encode(value).decode().rstrip("=")}
+    if isinstance(value, dict):
+        return {k: to_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [to_json(v) for v in value]
+    return value
+
+
+def _tag(*args: Any) -> Any:
+    # cbor2 documents (decoder, tag) and 6.x passes (tag, immutable): take the tag either way.
+    tag = next(a for a in args if isinstance(a, cbor2.CBORTag))
+    if tag.tag != 42:
+        raise CarError("a CBOR tag other than 42 (link) is not DAG-CBOR")
+    value = tag.value
+    if not isinstance(value, bytes) or not value.startswith(b"\x00"):
+        raise CarError("malformed link")
+    _check_cid(value[1:])
+    return Cid(value[1:])
+
+
+def _encode_link(encoder: Any, value: Any) -> None:
+    if not isinstance(value, Cid):
+        raise TypeError(f"cannot encode {type(value).__name__} as DAG-CBOR")
+    encoder.encode(cbor2.CBORTag(42, b"\x00" + value.raw))
+
+
+def _check_cid(raw: bytes) -> None:
+    if len(raw) != 36 or raw[0] != 1 or raw[1] not in (DAG_CBOR, RAW) or raw[2:4] != b"\x12\x20":
+        raise CarError("only CID v1, dag-cbor or raw, sha2-256 are accepted")
+
+
+def _varint(view: memoryview, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(view) or shift > 56:
+            raise CarError("truncated or oversized varint")
+        byte = view[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
