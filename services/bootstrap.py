@@ -196,7 +196,9 @@ async def run_workers(
         services = Services(
             event_log,
             XrpcClient(fetcher, policy),
-            DidResolver(fetcher, settings.plc_url, settings.source_timeout_s),
+            # Workers ask afresh only where their own work calls for it (a didSync, a repo
+            # gone from its PDS), never on a caller's say-so: no spacing between fresh asks.
+            DidResolver(fetcher, settings.plc_url, settings.source_timeout_s, fresh_interval_s=0),
             governance_pds_url=settings.governance_pds_url,
             governance_did=settings.governance_did,
             index=index,

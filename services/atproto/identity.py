@@ -74,8 +74,16 @@ def did_web_url(did: str) -> str:
 
 
 class DidResolver:
-    def __init__(self, fetcher: outbound.Fetcher, plc_url: str, deadline_s: float) -> None:
-        """`deadline_s`: each document fetch, whole (CHIVE_SOURCE_TIMEOUT_S)."""
+    def __init__(
+        self,
+        fetcher: outbound.Fetcher,
+        plc_url: str,
+        deadline_s: float,
+        fresh_interval_s: float = FRESH_INTERVAL_S,
+    ) -> None:
+        """`deadline_s`: each document fetch, whole (CHIVE_SOURCE_TIMEOUT_S).
+        `fresh_interval_s`: the least time between two fresh fetches of one DID."""
+        self._fresh_interval_s = fresh_interval_s
         self._deadline_s = deadline_s
         self._fetcher = fetcher
         self._plc_url = plc_url.rstrip("/")
@@ -94,7 +102,7 @@ class DidResolver:
         now = time.monotonic()
         if fresh:
             last = self._fresh_at.get(did)
-            fresh = last is None or now - last >= FRESH_INTERVAL_S
+            fresh = last is None or now - last >= self._fresh_interval_s
             if fresh:
                 _remember(self._fresh_at, did, now)
         missing_since = self._missing.get(did)

@@ -1,12 +1,18 @@
 """freshnessScan: every live record of the index, checked against its source.
 
-Streams the worker's replica of the record index in uri order, a page at a time, and fetches
-each record (com.atproto.repo.getRecord) from its owner's PDS (DID documents cached): a new cid
-is an upsert with the fresh value, RecordNotFound a delete (the index keeps a tombstone), the
-same cid nothing. Concurrency is bounded overall and per PDS, and each PDS has a circuit that
-opens after consecutive failures, so one dead PDS fails fast instead of stalling the scan; the
-records it held are reported per PDS in skipReasons. recordsProcessed = records checked;
-totalRecords = live records when the scan started.
+Repositories the index last read whole (RepoSynced: their revision is known) are checked by
+revision: each PDS's listRepos (1,000 repos a page) says which moved, and only those are read,
+with getRepo?since=<rev>, verified, and the diff applied (creates, updates, deletes as
+tombstones); an unchanged repo costs nothing beyond its listRepos row. A DID whose PDS moved is
+read whole from the new one. Repositories are handled in DID order with bounded concurrency, and
+the checkpoint is the last DID finished, so a crash resumes at the next unfinished repo.
+
+Records of repos the index read with listRecords (no revision known), and of PDSes that do not
+serve getRepo, are checked one by one (com.atproto.repo.getRecord): a new cid is an upsert, gone
+is a delete, the same cid nothing. Concurrency is bounded overall and per PDS, and each PDS has
+a circuit that opens after consecutive failures, so one dead PDS fails fast instead of stalling
+the scan; the records it held are reported per PDS in skipReasons. recordsProcessed = records
+checked; totalRecords = live records when the scan started.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from collections import defaultdict
 import msgspec
 
 from events import model
-from projections.records import IndexedRecord
+from projections.records import IndexedRecord, RecordIndex
 from services.workers.context import (
     OperationFailed,
     Outcome,
@@ -28,14 +34,27 @@ from services.workers.context import (
     to_checkpoint,
 )
 from services.workers.index_pages import Handled, each_page
-from services.workers.repo_scan import get_record
+from services.workers.repo_scan import (
+    MAX_REPO_PAGES,
+    ListedRepo,
+    ListRepos,
+    get_record,
+)
+from services.workers.repo_sync import Unverified, read_repo
 from services.workers.xrpc_client import SourceUnavailable, XrpcCallError
 
 PAGE = 100
+# listRepos rows per request (the lexicon's maximum).
+LIST_REPOS_PAGE = 1000
 GONE = {"RecordNotFound", "RepoNotFound"}
 
 
 class Checkpoint(msgspec.Struct):
+    # "repos" (by revision), then "records" (one by one, from `after`).
+    stage: str = "repos"
+    after_did: str = ""
+    # Repos of PDSes without getRepo: their records are checked one by one after all.
+    by_record: list[str] = []
     after: str = ""
     checked: int = 0
     deleted: int = 0
@@ -58,6 +77,139 @@ async def run(ctx: WorkContext) -> Outcome:
     state = from_checkpoint(ctx.checkpoint, Checkpoint)
     if state.total is None:
         state.total = await index.live_count()
+    synced = await index.synced_repos()
+    if state.stage == "repos":
+        await by_revision(ctx, index, synced, state)
+        state.stage = "records"
+    skip = set(synced) - set(state.by_record)
+    await by_record(ctx, index, skip, state)
+    return Outcome(
+        records_processed=state.checked,
+        total_records=state.total,
+        records_skipped=sum(state.unreachable.values()),
+        skip_reasons=dict(state.unreachable),
+        records_deleted=state.deleted,
+    )
+
+
+async def by_revision(
+    ctx: WorkContext, index: RecordIndex, synced: dict[str, tuple[str, str]], state: Checkpoint
+) -> None:
+    """Check every repo with a known revision against its PDS's listRepos."""
+    todo = sorted(did for did in synced if did > state.after_did)
+    if not todo:
+        return
+    listed: dict[str, dict[str, ListedRepo] | str] = {}
+    for pds in sorted({synced[did][0] for did in todo}):
+        try:
+            listed[pds] = await list_repos(ctx, pds)
+        except SourceUnavailable:
+            listed[pds] = f"PDS unreachable: {pds}"
+    limit = asyncio.Semaphore(ctx.services.limits.source_concurrency)
+
+    async def one(did: str) -> tuple[int, int, dict[str, int], bool]:
+        """(records checked, deleted, skip reasons, read by record instead)."""
+        async with limit:
+            return await _check_repo(ctx, index, did, synced[did], listed)
+
+    batch = ctx.services.limits.source_concurrency
+    for start in range(0, len(todo), batch):
+        ctx.check_cancelled()
+        dids = todo[start : start + batch]
+        for did, (checked, deleted, reasons, fallback) in zip(
+            dids, await asyncio.gather(*(one(d) for d in dids)), strict=True
+        ):
+            state.checked += checked
+            state.deleted += deleted
+            for reason, n in reasons.items():
+                state.unreachable[reason] = state.unreachable.get(reason, 0) + n
+            if fallback:
+                state.by_record.append(did)
+        state.after_did = dids[-1]
+        await ctx.progress(state.checked, to_checkpoint(state), total_records=state.total)
+
+
+async def _check_repo(
+    ctx: WorkContext,
+    index: RecordIndex,
+    did: str,
+    stored: tuple[str, str],
+    listed: dict[str, dict[str, ListedRepo] | str],
+) -> tuple[int, int, dict[str, int], bool]:
+    stored_pds, stored_rev = stored
+    live = await index.live_of(did)
+    try:
+        pds = await pds_of(ctx.services, did)
+    except OperationFailed as exc:
+        return len(live), 0, {str(exc): len(live)}, False
+    if pds == stored_pds:
+        on_pds = listed[pds]
+        if isinstance(on_pds, str):
+            return len(live), 0, {on_pds: len(live)}, False
+        row = on_pds.get(did)
+        if row is not None and row.active and row.rev == stored_rev:
+            return len(live), 0, {}, False  # unchanged since it was read
+        if row is None or not row.active:
+            # Gone or deactivated here: it may have moved; ask the directory afresh.
+            try:
+                pds = await pds_of(ctx.services, did, fresh=True)
+            except OperationFailed as exc:
+                return len(live), 0, {str(exc): len(live)}, False
+    # Moved on its PDS, gone from it, or living on another PDS now: read it (again).
+    since = stored_rev if pds == stored_pds else None
+
+    async def appended(_count: int) -> None:
+        pass
+
+    try:
+        read = await read_repo(ctx, pds, did, appended, since=since, indexed=live)
+    except Unverified as exc:
+        return len(live), 0, {str(exc): len(live)}, False
+    except SourceUnavailable:
+        return len(live), 0, {f"PDS unreachable: {pds}": len(live)}, False
+    except XrpcCallError as exc:
+        if exc.error not in GONE:
+            return len(live), 0, {f"refused: {exc.error}": len(live)}, False
+        # The repo is gone: every record of it is.
+        await ctx.emit_records(
+            [_deleted(ctx.operation_id, uri, did, k) for k, (uri, _) in sorted(live.items())]
+        )
+        return len(live), len(live), {}, False
+    if read is None:
+        return 0, 0, {}, True
+    return len(live), read.deleted, {}, False
+
+
+async def list_repos(ctx: WorkContext, pds: str) -> dict[str, ListedRepo]:
+    """Every repo the PDS lists, by DID."""
+    out: dict[str, ListedRepo] = {}
+    cursor: str | None = None
+    for _ in range(MAX_REPO_PAGES):
+        page = await ctx.services.client.query(
+            pds,
+            "com.atproto.sync.listRepos",
+            {"limit": LIST_REPOS_PAGE, "cursor": cursor},
+            ListRepos,
+        )
+        out.update((r.did, r) for r in page.repos)
+        # A short page is the last one: no request just to hear that.
+        if len(page.repos) < LIST_REPOS_PAGE or not page.cursor or page.cursor == cursor:
+            return out
+        cursor = page.cursor
+    raise SourceUnavailable(f"{pds} kept paging listRepos past {MAX_REPO_PAGES} pages")
+
+
+def _deleted(operation_id: str, uri: str, did: str, key: str) -> model.RecordDeleted:
+    collection, rkey = key.split("/", 1)
+    return model.new_event(
+        model.RecordDeleted, operation_id, uri=uri, did=did, collection=collection, rkey=rkey
+    )
+
+
+async def by_record(
+    ctx: WorkContext, index: RecordIndex, skip: set[str], state: Checkpoint
+) -> None:
+    """Check each live record of the repos not in `skip` with getRecord."""
     limits = ctx.services.limits
     overall = asyncio.Semaphore(limits.source_concurrency)
     per_pds: dict[str, asyncio.Semaphore] = defaultdict(
@@ -119,11 +271,13 @@ async def run(ctx: WorkContext) -> Outcome:
         state.after = page[-1].uri
         await ctx.progress(state.checked, to_checkpoint(state), total_records=state.total)
 
-    await each_page(ctx, state.after, lambda after: index.live_page(after, PAGE), check, on_page)
-    return Outcome(
-        records_processed=state.checked,
-        total_records=state.total,
-        records_skipped=sum(state.unreachable.values()),
-        skip_reasons=dict(state.unreachable),
-        records_deleted=state.deleted,
-    )
+    async def page_after(after: str) -> list[IndexedRecord]:
+        # Records of repos checked by revision are passed over (pages of them entirely).
+        while True:
+            page = await index.live_page(after, PAGE)
+            kept = [r for r in page if r.did not in skip]
+            if kept or not page:
+                return kept
+            after = page[-1].uri
+
+    await each_page(ctx, state.after, page_after, check, on_page)

@@ -25,22 +25,11 @@ from services.workers.context import (
     from_checkpoint,
     to_checkpoint,
 )
-from services.workers.repo_scan import RepoPosition, scan_repo
+from services.workers.repo_scan import MAX_REPO_PAGES, ListRepos, RepoPosition, scan_repo
 from services.workers.repo_sync import UNVERIFIED, Unverified, read_repo
 from services.workers.xrpc_client import SourceUnavailable, XrpcCallError
 
 REPOS_PAGE = 200
-MAX_REPO_PAGES = 100_000
-
-
-class ListedRepo(msgspec.Struct):
-    did: str
-    active: bool = True
-
-
-class ListRepos(msgspec.Struct):
-    repos: list[ListedRepo] = []
-    cursor: str | None = None
 
 
 class Checkpoint(msgspec.Struct):

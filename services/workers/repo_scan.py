@@ -33,6 +33,22 @@ class ListedRecord(msgspec.Struct):
     value: msgspec.Raw
 
 
+class ListedRepo(msgspec.Struct):
+    did: str
+    active: bool = True
+    rev: str | None = None
+    head: str | None = None
+
+
+class ListRepos(msgspec.Struct):
+    repos: list[ListedRepo] = []
+    cursor: str | None = None
+
+
+# A PDS that never stops paging listRepos must not hold a worker forever.
+MAX_REPO_PAGES = 100_000
+
+
 class ListRecords(msgspec.Struct):
     records: list[ListedRecord] = []
     cursor: str | None = None
