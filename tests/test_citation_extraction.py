@@ -24,7 +24,7 @@ from testkit.harness import (
     service_env,
     settings_for,
 )
-from testkit.servers import FakeGrobid, cid_for
+from testkit.servers import FakeGrobid, blob_cid, cid_for
 from testkit.waiting import eventually
 
 SUBMISSION = "pub.chive.eprint.submission"
@@ -90,7 +90,7 @@ def library(pds, plc, did: str) -> dict[str, str]:
                 "Blob never uploaded",
                 {
                     "$type": "blob",
-                    "ref": {"$link": "bafkreimissing"},
+                    "ref": {"$link": blob_cid(b"a blob the PDS never received")},
                     "mimeType": "application/pdf",
                 },
             ),
