@@ -3,17 +3,21 @@ and its failure modes, without a service process or a broker."""
 
 from __future__ import annotations
 
+import asyncio
+
 import msgspec
 import pytest
 
 from events import model
 from events.log import read_to_end
 from events.memory_log import MemoryEventLog
+from projections.records import RecordIndex
+from projections.runner import ProjectionRunner
 from services import outbound
 from services.atproto import car, keys
 from services.atproto.identity import DidResolver
 from services.settings import Settings
-from services.workers import did_sync
+from services.workers import did_sync, freshness_scan
 from services.workers.context import Limits, OperationFailed, Services, WorkContext
 from services.workers.repo_sync import UNVERIFIED
 from services.workers.xrpc_client import RetryPolicy, XrpcClient
@@ -26,6 +30,10 @@ LOOPBACK = outbound.Policy(allow_private=True)
 
 
 async def run_did_sync(log, plc, did: str, checkpoint=None):
+    return await run_handler(did_sync.run, "didSync", {"did": did}, log, plc, checkpoint)
+
+
+async def run_handler(handler, kind, params, log, plc, checkpoint=None, **services_extra):
     progress: list[model.BackfillProgressed] = []
 
     async def append(event):
@@ -38,16 +46,17 @@ async def run_did_sync(log, plc, did: str, checkpoint=None):
             DidResolver(fetcher, plc.url, 5.0),
             # A progress event per page, so each page's checkpoint can be looked at.
             limits=msgspec.structs.replace(Limits.of(Settings()), progress_records=1),
+            **services_extra,
         )
         ctx = WorkContext(
             operation_id="op-1",
-            backfill_type="didSync",
-            params={"did": did},
+            backfill_type=kind,
+            params=params,
             checkpoint=checkpoint,
             services=services,
             append_operation_event=append,
         )
-        outcome = await did_sync.run(ctx)
+        outcome = await handler(ctx)
     return outcome, progress
 
 
@@ -164,3 +173,44 @@ async def test_did_sync_names_what_is_missing(log, plc, fresh_pds, unique):
     plc.register(did)
     with pytest.raises(OperationFailed, match="no #atproto_pds service"):
         await run_did_sync(log, plc, did)
+
+
+async def test_a_resumed_freshness_scan_starts_at_the_next_unfinished_repo(
+    log, plc, fresh_pds, unique, tmp_path
+):
+    dids = sorted(f"did:plc:r{i}{unique}" for i in range(4))
+    for did in dids:
+        fresh_pds.add_repo(did, {"pub.chive.review.comment": 5})
+        await run_did_sync(log, plc, did)
+    index = RecordIndex(tmp_path / "records.db")
+    await index.open()
+    runner = ProjectionRunner(log, index, "records")
+    stop = asyncio.Event()
+    folding = asyncio.create_task(runner.run(stop))
+    try:
+        # Every repo moves on its PDS; the checkpoint says the first two were done already.
+        for did in dids:
+            fresh_pds.put_record(did, "pub.chive.review.comment", "3knew", {"body": "new"})
+        checkpoint = {"stage": "repos", "after_did": dids[1], "checked": 10, "total": 20}
+        outcome, _ = await run_handler(
+            freshness_scan.run,
+            "freshnessScan",
+            {},
+            log,
+            plc,
+            checkpoint,
+            index=index,
+            index_runner=runner,
+        )
+    finally:
+        stop.set()
+        await folding
+        await index.close()
+    assert (outcome.records_processed, outcome.total_records) == (20, 20)
+    assert fresh_pds.calls["getRepo"] == 4 + 2  # the four syncs, then the two left
+    synced = [
+        e.did
+        for e in (model.decode(m.value) for m in await read_to_end(log, model.RECORDS_TOPIC))
+        if isinstance(e, model.RepoSynced)
+    ]
+    assert sorted(synced) == sorted([*dids, *dids[2:]])

@@ -1,0 +1,101 @@
+"""CAR reading and repository verification, pure: blocks against CIDs, the signed commit, the
+tree walk and what a diff (a CAR missing unchanged subtrees) tells."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.atproto import car, repo
+from testkit import repo_car
+
+pytestmark = pytest.mark.unit
+
+DID = "did:plc:verifyme"
+KEY = repo_car.repo_key(DID)
+
+
+def records(n: int, collection: str = "pub.chive.eprint.submission") -> dict[str, dict]:
+    return {f"{collection}/3k{i:010d}": {"$type": collection, "n": i} for i in range(n)}
+
+
+def test_a_repo_verifies_and_lists_every_record_in_key_order():
+    recs = {**records(300), **records(5, "app.bsky.feed.post")}
+    verified = repo.verify(repo_car.build_car(DID, recs, "3kaaaaaaaaaaa"), DID, KEY.public)
+    assert verified.rev == "3kaaaaaaaaaaa" and verified.unchanged == []
+    assert [f"{e.collection}/{e.rkey}" for e in verified.entries] == sorted(recs)
+    first = verified.entries[0]
+    assert first.cid == repo_car.record_block(recs[sorted(recs)[0]])[0]
+    assert repo.record_json(first.block) == recs[sorted(recs)[0]]
+    # The tree has layers: some keys sit above others (the spec's layering is exercised).
+    assert len({repo_car.layer(k) for k in recs}) > 1
+
+
+def test_links_and_bytes_come_back_in_their_json_form():
+    blob = car.cid_for(b"%PDF-1.4", car.RAW)
+    value = {"$type": "x", "document": {"$type": "blob", "ref": {"$link": str(blob)}}}
+    block = car.encode({**repo_car.to_ipld(value), "raw": b"\x00\x01"})
+    assert repo.record_json(block) == {**value, "raw": {"$bytes": "AAE"}}
+
+
+def test_the_commit_must_be_for_this_did_and_signed_by_its_key():
+    data = repo_car.build_car(DID, records(3), "3kaaaaaaaaaaa")
+    with pytest.raises(repo.RepoInvalid, match="signature does not verify"):
+        repo.verify(data, DID, repo_car.repo_key("did:plc:someoneelse").public)
+    with pytest.raises(repo.RepoInvalid, match="another DID"):
+        repo.verify(data, "did:plc:someoneelse", KEY.public)
+
+
+@pytest.mark.parametrize(
+    "mangle, message",
+    [
+        (lambda d: d[:10], "truncated"),
+        (lambda d: b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff" + d, "varint"),
+        (lambda d: d[:-1] + bytes([d[-1] ^ 0x40]), "does not match its CID"),
+        (lambda d: b"", "varint"),
+    ],
+    ids=["truncated", "garbage-header", "altered-block", "empty"],
+)
+def test_a_damaged_car_is_refused(mangle, message):
+    data = repo_car.build_car(DID, records(20), "3kaaaaaaaaaaa")
+    with pytest.raises(repo.RepoInvalid, match=message):
+        repo.verify(mangle(data), DID, KEY.public)
+
+
+def test_a_tree_with_keys_out_of_order_is_refused():
+    def swap_first_two(blocks, commit_cid):
+        commit = car.decode(blocks.pop(commit_cid))
+        entries = [
+            {"p": 0, "k": b"pub.chive.eprint.submission/b", "v": car.cid_for(b"x"), "t": None},
+            {"p": 0, "k": b"pub.chive.eprint.submission/a", "v": car.cid_for(b"y"), "t": None},
+        ]
+        node = car.encode({"l": None, "e": entries})
+        blocks[car.cid_for(node)] = node
+        blocks[car.cid_for(b"x")], blocks[car.cid_for(b"y")] = b"x", b"y"
+        unsigned = {**{k: v for k, v in commit.items() if k != "sig"}, "data": car.cid_for(node)}
+        signed = car.encode({**unsigned, "sig": KEY.sign(car.encode(unsigned))})
+        blocks[car.cid_for(signed)] = signed
+        return car.cid_for(signed)
+
+    data = repo_car.build_car(DID, records(2), "3kaaaaaaaaaaa", tamper=swap_first_two)
+    with pytest.raises(repo.RepoInvalid, match="not in order"):
+        repo.verify(data, DID, KEY.public)
+
+
+def test_a_diff_reports_the_ranges_it_left_out_as_unchanged():
+    recs = records(400)
+    full = repo_car.build_car(DID, recs, "3kaaaaaaaaaaa")
+    roots, blocks = car.read_car(full)
+    commit = car.decode(blocks[roots[0]])
+    root_node = car.decode(blocks[commit["data"]])
+    # A diff: the commit, the root node and the records; every subtree below left out.
+    subtrees = {e["t"] for e in root_node["e"] if e["t"] is not None} | {root_node["l"]} - {None}
+    assert subtrees, "the tree must have a second layer for this test"
+    partial = repo_car.write_car(roots, {c: b for c, b in blocks.items() if c not in subtrees})
+    with pytest.raises(repo.RepoInvalid, match="tree node is missing"):
+        repo.verify(partial, DID, KEY.public)
+    diff = repo.verify(partial, DID, KEY.public, partial=True)
+    listed = {f"{e.collection}/{e.rkey}" for e in diff.entries}
+    assert listed and listed < set(recs)
+    # Every key of the repo is either listed or inside a range reported unchanged, and no
+    # listed key is inside one.
+    assert all((k in listed) != diff.is_unchanged(k) for k in recs)
