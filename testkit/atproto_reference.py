@@ -138,6 +138,21 @@ class Account:
         out = self._call("POST", "com.atproto.repo.createRecord", json=body)
         return out["uri"], out["cid"]
 
+    def create_records(self, collection: str, records: list[dict[str, Any]]) -> None:
+        """Many records, 200 per com.atproto.repo.applyWrites (the PDS's limit per call)."""
+        for start in range(0, len(records), 200):
+            writes = [
+                {
+                    "$type": "com.atproto.repo.applyWrites#create",
+                    "collection": collection,
+                    "value": r,
+                }
+                for r in records[start : start + 200]
+            ]
+            self._call(
+                "POST", "com.atproto.repo.applyWrites", json={"repo": self.did, "writes": writes}
+            )
+
     def put_record(self, collection: str, rkey: str, record: dict[str, Any]):
         body = {"repo": self.did, "collection": collection, "rkey": rkey, "record": record}
         out = self._call("POST", "com.atproto.repo.putRecord", json=body)

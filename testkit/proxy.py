@@ -11,7 +11,10 @@ from testkit.broker import free_port
 
 
 class CuttableProxy:
-    def __init__(self, target_port: int) -> None:
+    def __init__(self, target_port: int, request_delay_s: float = 0.0) -> None:
+        """`request_delay_s`: each chunk a client sends waits this long before it goes on
+        (one request, one chunk: a server that far away)."""
+        self.request_delay_s = request_delay_s
         self.port = free_port()
         self._target = target_port
         self._loop = asyncio.new_event_loop()
@@ -55,9 +58,11 @@ class CuttableProxy:
             return
         self._writers.update({writer, up_writer})
 
-        async def pipe(src, dst) -> None:
+        async def pipe(src, dst, delay_s: float = 0.0) -> None:
             try:
                 while data := await src.read(65536):
+                    if delay_s:
+                        await asyncio.sleep(delay_s)
                     dst.write(data)
                     await dst.drain()
             except (ConnectionError, OSError):
@@ -65,5 +70,5 @@ class CuttableProxy:
             finally:
                 dst.transport.abort()
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        await asyncio.gather(pipe(reader, up_writer, self.request_delay_s), pipe(up_reader, writer))
         self._writers.difference_update({writer, up_writer})

@@ -121,9 +121,11 @@ def _tag(*args: Any) -> Any:
     if tag.tag != 42:
         raise CarError("a CBOR tag other than 42 (link) is not DAG-CBOR")
     value = tag.value
-    if not isinstance(value, bytes) or not value.startswith(b"\x00"):
+    # b"\x00" (identity multibase), then CID v1, dag-cbor or raw, sha2-256 of 32 bytes.
+    if not isinstance(value, bytes) or len(value) != 37 or value[:2] != b"\x00\x01":
         raise CarError("malformed link")
-    _check_cid(value[1:])
+    if value[2] not in (DAG_CBOR, RAW) or value[3:5] != b"\x12\x20":
+        raise CarError("only CID v1, dag-cbor or raw, sha2-256 are accepted")
     return Cid(value[1:])
 
 

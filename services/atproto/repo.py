@@ -13,7 +13,6 @@ caller can tell a record that is gone from one that was not sent.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,7 +68,9 @@ def verify(data: bytes, did: str, key: PublicKey, *, partial: bool = False) -> V
         entries: list[Entry] = []
         unchanged: list[tuple[str, str | None]] = []
         last = ""
-        for item in _walk(blocks, commit["data"], "", None, partial, 0):
+        walked: list[tuple[str, Cid] | _Unchanged] = []
+        _walk(blocks, commit["data"], "", None, partial, 0, walked)
+        for item in walked:
             if isinstance(item, _Unchanged):
                 unchanged.append((item.low, item.high))
                 continue
@@ -124,16 +125,17 @@ def _walk(
     high: str | None,
     partial: bool,
     depth: int,
-) -> Iterator[tuple[str, Cid] | _Unchanged]:
-    """(key, record CID) in key order; for a subtree the CAR does not hold (a diff), its key
-    range (low, high) instead. `low`/`high`: the keys either side of this subtree."""
+    out: list[tuple[str, Cid] | _Unchanged],
+) -> None:
+    """Append (key, record CID) in key order to `out`; for a subtree the CAR does not hold (a
+    diff), its key range instead. `low`/`high`: the keys either side of this subtree."""
     if depth > MAX_TREE_DEPTH:
         raise RepoInvalid("the tree is deeper than any real repository")
     block = blocks.get(node_cid)
     if block is None:
         if not partial:
             raise RepoInvalid("a tree node is missing from the CAR")
-        yield _Unchanged(low, high)
+        out.append(_Unchanged(low, high))
         return
     node = car.decode(block)
     if not isinstance(node, dict) or not isinstance(node.get("e"), list):
@@ -149,27 +151,26 @@ def _walk(
             raise RepoInvalid("a tree entry is malformed")
         if not 0 <= prefix <= len(previous):
             raise RepoInvalid("a tree entry's prefix is longer than the key before it")
-        full = previous[:prefix] + suffix
-        previous = full
+        previous = previous[:prefix] + suffix
         try:
-            keys.append(full.decode("ascii"))
+            keys.append(previous.decode("ascii"))
         except UnicodeDecodeError:
             raise RepoInvalid("a tree key is not ASCII") from None
-    bounds = [low, *keys, high]
     left = node.get("l")
     if left is not None:
-        yield from _subtree(blocks, left, bounds[0], bounds[1], partial, depth)
+        _subtree(blocks, left, low, keys[0] if keys else high, partial, depth, out)
     for i, entry in enumerate(entries):
         value = entry.get("v")
         if not isinstance(value, Cid):
             raise RepoInvalid("a tree entry has no record link")
-        yield (keys[i], value)
+        out.append((keys[i], value))
         right = entry.get("t")
         if right is not None:
-            yield from _subtree(blocks, right, keys[i], bounds[i + 2], partial, depth)
+            following = keys[i + 1] if i + 1 < len(keys) else high
+            _subtree(blocks, right, keys[i], following, partial, depth, out)
 
 
-def _subtree(blocks, cid: Any, low: str, high: str | None, partial: bool, depth: int):
+def _subtree(blocks, cid: Any, low: str, high: str | None, partial: bool, depth: int, out) -> None:
     if not isinstance(cid, Cid):
         raise RepoInvalid("a tree link is malformed")
-    yield from _walk(blocks, cid, low, high, partial, depth + 1)
+    _walk(blocks, cid, low, high, partial, depth + 1, out)

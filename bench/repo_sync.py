@@ -1,0 +1,282 @@
+"""Figures for verified repo sync (getRepo), each a median over repeated runs, with the
+ratio against a baseline measured in the same run:
+
+- ingest on the reference PDS (@atproto/pds from npm, on loopback): the worker's getRepo path
+  (fetch the CAR, check every block and the commit signature, walk the tree, build the record
+  events, append them to an in-memory log) against its listRecords path (describeRepo, then
+  pages of 100, same client, same events, same log), repos one after the other for both;
+- the same with 50 ms added to every request (a proxy in front of the PDS: a remote server);
+- freshnessScan of an unchanged index (repos on the loopback PDS, indexed by didSync): time and
+  requests to the PDS;
+- verification overhead: verifying a CAR (block hashes, signature, tree) and decoding its
+  records, against decoding the same blocks without any check.
+
+Run: .venv/bin/python bench/repo_sync.py [--repeat 3] [--records 2400] [--fresh-repos 100]
+                                          [--fresh-records 1000]
+Prints one JSON object, then one line per figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from events import model
+from events.log import read_to_end
+from events.memory_log import MemoryEventLog
+from projections.records import RecordIndex
+from projections.runner import ProjectionRunner
+from services import outbound
+from services.atproto import car, repo
+from services.atproto.identity import DidResolver
+from services.settings import Settings
+from services.workers import did_sync, freshness_scan
+from services.workers.context import Limits, Services, WorkContext
+from services.workers.repo_scan import scan_repo
+from services.workers.repo_sync import read_repo
+from services.workers.xrpc_client import RetryPolicy, XrpcClient
+from testkit.atproto_reference import reference_atproto
+from testkit.proxy import CuttableProxy
+from testkit.servers import FakePds, FakePlc
+
+LOOPBACK = outbound.Policy(allow_private=True)
+
+
+@contextlib.asynccontextmanager
+async def context(plc_url: str, log: MemoryEventLog, **extra):
+    async with outbound.Fetcher(LOOPBACK) as fetcher:
+        services = Services(
+            log,
+            XrpcClient(fetcher, RetryPolicy(attempts=2, timeout_s=60)),
+            DidResolver(fetcher, plc_url, 10.0, fresh_interval_s=0),
+            limits=Limits.of(Settings()),
+            **extra,
+        )
+
+        async def nowhere(_event) -> None:
+            pass
+
+        yield (
+            services,
+            lambda kind, params: WorkContext(
+                operation_id="bench",
+                backfill_type=kind,
+                params=params,
+                checkpoint=None,
+                services=services,
+                append_operation_event=nowhere,
+            ),
+        )
+
+
+async def ingest(plc_url: str, pds_url: str, dids: list[str], path: str) -> tuple[float, int]:
+    """(seconds, record events appended) reading `dids` one after the other by `path`."""
+    log = MemoryEventLog(6)
+    await log.start()
+    async with context(plc_url, log) as (_services, new_ctx):
+        ctx = new_ctx("didSync", {})
+        start = time.perf_counter()
+        for did in dids:
+            if path == "getRepo":
+
+                async def appended(_n: int) -> None:
+                    pass
+
+                assert await read_repo(ctx, pds_url, did, appended) is not None
+            else:
+
+                async def on_page(events, _position, _skipped) -> None:
+                    await ctx.emit_records(events)
+
+                await scan_repo(ctx, pds_url, did, on_page)
+        seconds = time.perf_counter() - start
+    events = await read_to_end(log, model.RECORDS_TOPIC)
+    return seconds, sum(m.headers["event_type"] == "RecordUpserted" for m in events)
+
+
+async def reference_ingest(args) -> dict:
+    out: dict = {}
+    with tempfile.TemporaryDirectory() as tmp, reference_atproto(Path(tmp)) as ref:
+        dids = []
+        per_repo = args.records // 2
+        for i in range(2):
+            account = ref.create_account(f"bench{i}")
+            account.create_records(
+                "pub.chive.eprint.submission",
+                [
+                    {
+                        "$type": "pub.chive.eprint.submission",
+                        "title": f"Eprint {i}-{n}: a title of a typical length for a paper",
+                        "abstract": "An abstract. " * 40,
+                        "createdAt": "2026-11-01T00:00:00.000Z",
+                    }
+                    for n in range(per_repo)
+                ],
+            )
+            dids.append(account.did)
+        port = int(ref.pds_url.rsplit(":", 1)[1])
+        for delay in (0.0, 0.05):
+            proxy = CuttableProxy(port, request_delay_s=delay)
+            base = f"http://127.0.0.1:{proxy.port}"
+            try:
+                runs = {"getRepo": [], "listRecords": []}
+                for _ in range(args.repeat):
+                    for path in runs:
+                        seconds, records = await ingest(ref.plc_url, base, dids, path)
+                        assert records == per_repo * 2, (path, records)
+                        runs[path].append(per_repo * 2 / seconds)
+            finally:
+                proxy.stop()
+            name = "reference_pds" if not delay else "reference_pds_plus_50ms"
+            car_rate = statistics.median(runs["getRepo"])
+            list_rate = statistics.median(runs["listRecords"])
+            out[name] = {
+                "records": per_repo * 2,
+                "repos": 2,
+                "getRepo_records_per_s": round(car_rate),
+                "listRecords_records_per_s": round(list_rate),
+                "ratio": round(car_rate / list_rate, 2),
+            }
+    return out
+
+
+async def unchanged_freshness(args) -> dict:
+    plc = FakePlc().start()
+    pds = FakePds(plc).start()
+    try:
+        dids = [f"did:plc:fresh{i:04d}" for i in range(args.fresh_repos)]
+        for did in dids:
+            pds.add_repo(did, {"pub.chive.eprint.submission": args.fresh_records})
+        with tempfile.TemporaryDirectory() as tmp:
+            log = MemoryEventLog(6)
+            await log.start()
+            index = RecordIndex(Path(tmp) / "records.db")
+            await index.open()
+            runner = ProjectionRunner(log, index, "records")
+            stop = asyncio.Event()
+            folding = asyncio.create_task(runner.run(stop))
+            try:
+                async with context(plc.url, log, index=index, index_runner=runner) as (_, new):
+                    for did in dids:
+                        await did_sync.run(new("didSync", {"did": did}))
+                    seconds, requests = [], []
+                    for _ in range(args.repeat):
+                        before = sum(pds.calls.values())
+                        start = time.perf_counter()
+                        outcome = await freshness_scan.run(new("freshnessScan", {}))
+                        seconds.append(time.perf_counter() - start)
+                        requests.append(sum(pds.calls.values()) - before)
+                        total = args.fresh_repos * args.fresh_records
+                        assert outcome.records_processed == total, outcome
+            finally:
+                stop.set()
+                await folding
+                await index.close()
+    finally:
+        pds.stop()
+        plc.stop()
+    return {
+        "records": args.fresh_repos * args.fresh_records,
+        "repos": args.fresh_repos,
+        "seconds": round(statistics.median(seconds), 3),
+        "requests_to_pds": max(requests),
+    }
+
+
+def verification_overhead(args) -> dict:
+    from testkit import repo_car
+
+    did = "did:plc:benchverify"
+    records = {
+        f"pub.chive.eprint.submission/3k{i:010d}": {
+            "$type": "pub.chive.eprint.submission",
+            "title": f"Eprint {i}: a title of a typical length for a paper",
+            "abstract": "An abstract. " * 40,
+        }
+        for i in range(args.records)
+    }
+    data = repo_car.build_car(did, records, "3kbenchbenchb")
+    key = repo_car.repo_key(did).public
+
+    def verified() -> int:
+        v = repo.verify(data, did, key)
+        return len([repo.record_json(e.block) for e in v.entries])
+
+    def decoded() -> int:
+        # The same work minus every check: frame, decode, convert; no hash, no signature.
+        blocks = _frames(data)
+        n = 0
+        for block in blocks:
+            value = car.decode(block)
+            if isinstance(value, dict) and "$type" in value:
+                car.to_json(value)
+                n += 1
+        return n
+
+    times = {"verified": [], "decoded": []}
+    for _ in range(max(args.repeat, 5)):
+        for name, fn in (("verified", verified), ("decoded", decoded)):
+            start = time.perf_counter()
+            assert fn() == len(records)
+            times[name].append(time.perf_counter() - start)
+    v, d = statistics.median(times["verified"]), statistics.median(times["decoded"])
+    return {
+        "records": len(records),
+        "car_bytes": len(data),
+        "verified_s": round(v, 4),
+        "decoded_s": round(d, 4),
+        "overhead": round(v / d - 1, 3),
+    }
+
+
+def _frames(data: bytes) -> list[bytes]:
+    view, pos, out = memoryview(data), 0, []
+    length, pos = car._varint(view, pos)
+    pos += length
+    while pos < len(view):
+        length, pos = car._varint(view, pos)
+        out.append(bytes(view[pos + 36 : pos + length]))
+        pos += length
+    return out
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--records", type=int, default=2400)
+    parser.add_argument("--fresh-repos", type=int, default=100)
+    parser.add_argument("--fresh-records", type=int, default=1000)
+    args = parser.parse_args()
+    figures = await reference_ingest(args)
+    figures["unchanged_freshness"] = await unchanged_freshness(args)
+    figures["verification"] = verification_overhead(args)
+    print(json.dumps(figures, indent=2))
+    for name in ("reference_pds", "reference_pds_plus_50ms"):
+        f = figures[name]
+        print(
+            f"{name}: getRepo {f['getRepo_records_per_s']} rec/s, listRecords "
+            f"{f['listRecords_records_per_s']} rec/s, ratio {f['ratio']}x ({f['records']} records)"
+        )
+    f = figures["unchanged_freshness"]
+    print(
+        f"unchanged freshnessScan: {f['records']} records in {f['repos']} repos, "
+        f"{f['seconds']} s, {f['requests_to_pds']} requests to the PDS"
+    )
+    f = figures["verification"]
+    print(
+        f"verification: {f['verified_s']} s verified vs {f['decoded_s']} s decoded "
+        f"({f['records']} records): overhead {f['overhead'] * 100:.0f}%"
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
