@@ -179,17 +179,54 @@ def json_or_none(text: str) -> Any:
         return None
 
 
+# Every event's statements come in this order. Statements of events on different uris touch
+# different rows, so within a stretch of the batch where no uri repeats they may be regrouped
+# by kind along this order without changing the result.
+_ORDER = {
+    sql: rank
+    for rank, sql in enumerate(
+        (
+            _UPSERT,
+            _DELETE,
+            _KEYS_DELETE,
+            _KEYS_INSERT,
+            _TEXT_DELETE,
+            _TEXT_INSERT,
+            _CITATIONS_DELETE,
+            _CITATION_INSERT,
+            _CITATION_SET_DELETE,
+            _CITATION_SET_UPSERT,
+            _REPO_UPSERT,
+        )
+    )
+}
+
+
 def runs(events: list[model.AnyEvent]) -> list[tuple[str, list[tuple]]]:
-    """The statements of a batch, consecutive ones of one kind merged into one run: one
-    executemany per run instead of one round trip per record, the log's order kept between
-    runs."""
+    """The statements of a batch as runs of one kind: one executemany per run instead of one
+    round trip per statement. The batch is cut wherever a uri comes again (its events keep
+    the log's order); within each stretch the statements are grouped by kind."""
     out: list[tuple[str, list[tuple]]] = []
-    for event in events:
-        for sql, rows in statements(event):
-            if not rows:
-                continue
+    stretch: dict[str, list[tuple]] = {}
+    seen: set[str] = set()
+
+    def close() -> None:
+        for sql in sorted(stretch, key=_ORDER.__getitem__):
             if out and out[-1][0] is sql:
-                out[-1][1].extend(rows)
+                out[-1][1].extend(stretch[sql])
             else:
-                out.append((sql, list(rows)))
+                out.append((sql, stretch[sql]))
+        stretch.clear()
+        seen.clear()
+
+    for event in events:
+        uri = getattr(event, "uri", None)
+        if uri is None or uri in seen:
+            close()
+        if uri is not None:
+            seen.add(uri)
+        for sql, rows in statements(event):
+            if rows:
+                stretch.setdefault(sql, []).extend(rows)
+    close()
     return out

@@ -4,6 +4,7 @@ state, idempotent under redelivery, resumed from the stored position after a res
 from __future__ import annotations
 
 import asyncio
+import random
 
 import msgspec
 import pytest
@@ -17,6 +18,8 @@ from projections.records import RecordIndex
 from projections.runner import ProjectionRunner, decode_batch, positions_after
 
 pytestmark = pytest.mark.unit
+
+SUBMISSION = "pub.chive.eprint.submission"
 
 
 def _entry(event) -> Entry:
@@ -358,3 +361,84 @@ def test_a_user_citation_wins_over_the_extracted_one_it_gives():
         "authors": ["Ada"],
         "raw": "raw 2",
     }
+
+
+async def test_a_batch_folds_to_the_same_index_as_its_events_one_by_one(tmp_path):
+    """Regrouping a batch's statements by kind changes nothing: random upserts, deletes,
+    citation sets and repo revisions over a few uris, folded as one batch and one by one."""
+    rng = random.Random(7)
+    uris = [f"at://did:plc:r{i % 3}/{SUBMISSION}/{i}" for i in range(6)]
+    events: list[model.AnyEvent] = []
+    for t in range(400):
+        uri = rng.choice(uris)
+        did, collection, rkey = uri[5:].split("/")
+        kind = rng.random()
+        if kind < 0.5:
+            title = f"A title long enough to be a key {rng.randrange(4)}"
+            value = msgspec.json.encode(
+                {"title": title, "abstract": "x", "doi": f"10.1234/{t % 5}"}
+            )
+            events.append(
+                model.RecordUpserted(
+                    event_id=f"e{t}",
+                    operation_id="op",
+                    occurred_at=t,
+                    uri=uri,
+                    did=did,
+                    collection=collection,
+                    rkey=rkey,
+                    cid=f"c{rng.randrange(3)}",
+                    value=msgspec.Raw(value),
+                )
+            )
+        elif kind < 0.7:
+            events.append(
+                model.RecordDeleted(
+                    event_id=f"e{t}",
+                    operation_id="op",
+                    occurred_at=t,
+                    uri=uri,
+                    did=did,
+                    collection=collection,
+                    rkey=rkey,
+                )
+            )
+        elif kind < 0.9:
+            events.append(
+                model.CitationsExtracted(
+                    event_id=f"e{t}",
+                    operation_id="op",
+                    occurred_at=t,
+                    uri=uri,
+                    did=did,
+                    document_cid="d",
+                    method="pdf-text",
+                    citations=[model.Citation(title=f"cited {t}", year=2000 + t % 20)],
+                )
+            )
+        else:
+            events.append(
+                model.RepoSynced(
+                    event_id=f"e{t}",
+                    operation_id="op",
+                    occurred_at=t,
+                    uri=f"at://{did}",
+                    did=did,
+                    pds="https://pds.example",
+                    rev=f"3k{t:011d}",
+                    commit="b",
+                )
+            )
+    batched, single = RecordIndex(tmp_path / "a.db"), RecordIndex(tmp_path / "b.db")
+    await batched.open()
+    await single.open()
+    try:
+        await batched.apply(events, {0: len(events)})
+        for i, event in enumerate(events):
+            await single.apply([event], {0: i + 1})
+        assert await batched.snapshot() == await single.snapshot()
+        statements = sum(1 for e in events for _, rows in record_fold.statements(e) if rows)
+        assert len(record_fold.runs(events)) < statements  # it did regroup
+    finally:
+        await batched.close()
+        await single.close()
