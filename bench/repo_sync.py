@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import statistics
 import sys
@@ -51,54 +50,50 @@ from testkit.servers import FakePds, FakePlc
 LOOPBACK = outbound.Policy(allow_private=True)
 
 
-@contextlib.asynccontextmanager
-async def context(plc_url: str, log: MemoryEventLog, **extra):
-    async with outbound.Fetcher(LOOPBACK) as fetcher:
-        services = Services(
-            log,
-            XrpcClient(fetcher, RetryPolicy(attempts=2, timeout_s=60)),
-            DidResolver(fetcher, plc_url, 10.0, fresh_interval_s=0),
-            limits=Limits.of(Settings()),
-            **extra,
-        )
-
-        async def nowhere(_event) -> None:
-            pass
-
-        yield (
-            services,
-            lambda kind, params: WorkContext(
-                operation_id="bench",
-                backfill_type=kind,
-                params=params,
-                checkpoint=None,
-                services=services,
-                append_operation_event=nowhere,
-            ),
-        )
+def services_for(fetcher, plc_url: str, log: MemoryEventLog, **extra) -> Services:
+    """What a worker process holds: one long-lived fetcher; a fresh DID cache per run."""
+    return Services(
+        log,
+        XrpcClient(fetcher, RetryPolicy(attempts=2, timeout_s=60)),
+        DidResolver(fetcher, plc_url, 10.0, fresh_interval_s=0),
+        limits=Limits.of(Settings()),
+        **extra,
+    )
 
 
-async def ingest(plc_url: str, pds_url: str, dids: list[str], path: str) -> tuple[float, int]:
+def work_context(services: Services, kind: str, params: dict) -> WorkContext:
+    async def nowhere(_event) -> None:
+        pass
+
+    return WorkContext(
+        operation_id="bench",
+        backfill_type=kind,
+        params=params,
+        checkpoint=None,
+        services=services,
+        append_operation_event=nowhere,
+    )
+
+
+async def ingest(fetcher, plc_url: str, pds_url: str, dids: list[str], path: str):
     """(seconds, record events appended) reading `dids` one after the other by `path`."""
     log = MemoryEventLog(6)
     await log.start()
-    async with context(plc_url, log) as (_services, new_ctx):
-        ctx = new_ctx("didSync", {})
-        start = time.perf_counter()
-        for did in dids:
-            if path == "getRepo":
+    ctx = work_context(services_for(fetcher, plc_url, log), "didSync", {})
 
-                async def appended(_n: int) -> None:
-                    pass
+    async def appended(_n: int) -> None:
+        pass
 
-                assert await read_repo(ctx, pds_url, did, appended) is not None
-            else:
+    async def on_page(events, _position, _skipped) -> None:
+        await ctx.emit_records(events)
 
-                async def on_page(events, _position, _skipped) -> None:
-                    await ctx.emit_records(events)
-
-                await scan_repo(ctx, pds_url, did, on_page)
-        seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    for did in dids:
+        if path == "getRepo":
+            assert await read_repo(ctx, pds_url, did, appended) is not None
+        else:
+            await scan_repo(ctx, pds_url, did, on_page)
+    seconds = time.perf_counter() - start
     events = await read_to_end(log, model.RECORDS_TOPIC)
     return seconds, sum(m.headers["event_type"] == "RecordUpserted" for m in events)
 
@@ -128,12 +123,13 @@ async def reference_ingest(args) -> dict:
             proxy = CuttableProxy(port, request_delay_s=delay)
             base = f"http://127.0.0.1:{proxy.port}"
             try:
-                runs = {"getRepo": [], "listRecords": []}
-                for _ in range(args.repeat):
-                    for path in runs:
-                        seconds, records = await ingest(ref.plc_url, base, dids, path)
-                        assert records == per_repo * 2, (path, records)
-                        runs[path].append(per_repo * 2 / seconds)
+                runs: dict[str, list[float]] = {"getRepo": [], "listRecords": []}
+                async with outbound.Fetcher(LOOPBACK) as fetcher:
+                    for _ in range(args.repeat):
+                        for path in runs:
+                            seconds, records = await ingest(fetcher, ref.plc_url, base, dids, path)
+                            assert records == per_repo * 2, (path, records)
+                            runs[path].append(per_repo * 2 / seconds)
             finally:
                 proxy.stop()
             name = "reference_pds" if not delay else "reference_pds_plus_50ms"
@@ -165,14 +161,16 @@ async def unchanged_freshness(args) -> dict:
             stop = asyncio.Event()
             folding = asyncio.create_task(runner.run(stop))
             try:
-                async with context(plc.url, log, index=index, index_runner=runner) as (_, new):
+                async with outbound.Fetcher(LOOPBACK) as fetcher:
+                    services = services_for(fetcher, plc.url, log, index=index, index_runner=runner)
                     for did in dids:
-                        await did_sync.run(new("didSync", {"did": did}))
+                        await did_sync.run(work_context(services, "didSync", {"did": did}))
                     seconds, requests = [], []
                     for _ in range(args.repeat):
                         before = sum(pds.calls.values())
                         start = time.perf_counter()
-                        outcome = await freshness_scan.run(new("freshnessScan", {}))
+                        scan = work_context(services, "freshnessScan", {})
+                        outcome = await freshness_scan.run(scan)
                         seconds.append(time.perf_counter() - start)
                         requests.append(sum(pds.calls.values()) - before)
                         total = args.fresh_repos * args.fresh_records

@@ -19,6 +19,7 @@ DAG_CBOR = 0x71
 RAW = 0x55
 SHA2_256 = 0x12
 _B32 = "abcdefghijklmnopqrstuvwxyz234567"
+_B32_PAIRS = [a + b for a in _B32 for b in _B32]
 
 
 class CarError(ValueError):
@@ -33,7 +34,16 @@ class Cid:
     raw: bytes
 
     def __str__(self) -> str:
-        return "b" + base64.b32encode(self.raw).decode().lower().rstrip("=")
+        # base32 lower, unpadded: 36 bytes are 288 bits, 58 characters (the last 2 bits zero).
+        n = int.from_bytes(self.raw, "big") << (
+            5 * ((len(self.raw) * 8 + 4) // 5) - len(self.raw) * 8
+        )
+        chars = (len(self.raw) * 8 + 4) // 5
+        pairs = [_B32_PAIRS[(n >> (shift - 10)) & 1023] for shift in range(chars * 5, 5, -10)]
+        text = "".join(pairs)
+        if chars % 2:
+            text += _B32[n & 31]
+        return "b" + text
 
     def __repr__(self) -> str:
         return f"Cid({self})"

@@ -162,6 +162,11 @@ def invalid_record(uri: str, value: bytes, did: str, collection: str) -> str | N
     parsed = parse_at_uri(uri)
     if parsed is None or parsed[0] != did or parsed[1] != collection or parsed[2] is None:
         return "uri does not name a record of this repo and collection"
+    return invalid_value(value)
+
+
+def invalid_value(value: bytes) -> str | None:
+    """Why a record's value cannot be indexed: it must be a JSON object of bounded size."""
     if not bytes(value).lstrip().startswith(b"{"):
         return "value is not an object"
     if len(value) > MAX_RECORD_VALUE_BYTES:

@@ -19,8 +19,9 @@ from events import model
 from services import outbound
 from services.atproto import keys, repo
 from services.atproto.identity import signing_key_method
+from services.atproto.syntax import is_nsid, is_rkey
 from services.workers.context import OperationFailed, WorkContext, resolve
-from services.workers.repo_scan import CHIVE_PREFIX, Validator, get_record, invalid_record
+from services.workers.repo_scan import CHIVE_PREFIX, Validator, get_record, invalid_value
 from services.workers.xrpc_client import XrpcCallError
 
 # Record events appended per batch while a repository is emitted.
@@ -167,7 +168,11 @@ async def _upsert(
             value = msgspec.json.encode(repo.record_json(entry.block))
         except repo.RepoInvalid:
             return None, "value is not an object"
-    reason = invalid_record(uri, value, did, entry.collection)
+    # The DID is the one asked for and verified; the key comes from the tree.
+    if not (is_nsid(entry.collection) and is_rkey(entry.rkey)):
+        reason: str | None = "uri does not name a record of this repo and collection"
+    else:
+        reason = invalid_value(value)
     if reason is None and validate is not None:
         reason = validate(entry.collection, msgspec.Raw(value))
     if reason is not None:
