@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from dataclasses import dataclass
+from hashlib import sha256
 from typing import Any
 
 import cbor2
@@ -20,27 +20,30 @@ RAW = 0x55
 SHA2_256 = 0x12
 _B32 = "abcdefghijklmnopqrstuvwxyz234567"
 _B32_PAIRS = [a + b for a in _B32 for b in _B32]
+_CID_PREFIXES = {bytes([1, DAG_CBOR, SHA2_256, 32]), bytes([1, RAW, SHA2_256, 32])}
 
 
 class CarError(ValueError):
     """Not a CAR, a truncated one, or a block that does not match its CID."""
 
 
-@dataclass(frozen=True, slots=True)
-class Cid:
-    """A CID in binary form (v1: version, codec, multihash). Its text form is multibase
-    base32 (`b...`), as the AT Protocol writes CIDs."""
+class Cid(bytes):
+    """A CID in binary form (v1: version, codec, multihash), a link in DAG-CBOR. Its text form
+    is multibase base32 (`b...`), as the AT Protocol writes CIDs. (A bytes subclass: blocks are
+    looked up by it thousands of times per repo, and bytes hash and compare in C.)"""
 
-    raw: bytes
+    __slots__ = ()
+
+    @property
+    def raw(self) -> bytes:
+        return bytes(self)
 
     def __str__(self) -> str:
-        # base32 lower, unpadded: 36 bytes are 288 bits, 58 characters (the last 2 bits zero).
-        n = int.from_bytes(self.raw, "big") << (
-            5 * ((len(self.raw) * 8 + 4) // 5) - len(self.raw) * 8
-        )
-        chars = (len(self.raw) * 8 + 4) // 5
-        pairs = [_B32_PAIRS[(n >> (shift - 10)) & 1023] for shift in range(chars * 5, 5, -10)]
-        text = "".join(pairs)
+        bits = len(self) * 8
+        chars = (bits + 4) // 5
+        # Padded to whole characters; two characters per 10-bit lookup.
+        n = int.from_bytes(self, "big") << (chars * 5 - bits)
+        text = "".join([_B32_PAIRS[(n >> (s - 10)) & 1023] for s in range(chars * 5, 5, -10)])
         if chars % 2:
             text += _B32[n & 31]
         return "b" + text
@@ -82,15 +85,22 @@ def read_car(data: bytes | memoryview) -> tuple[list[Cid], dict[Cid, bytes]]:
     blocks: dict[Cid, bytes] = {}
     end = len(view)
     while pos < end:
-        length, pos = _varint(view, pos)
+        first = view[pos]
+        if first < 0x80:  # most blocks are small or medium: one or two length bytes
+            length, pos = first, pos + 1
+        elif pos + 1 < end and view[pos + 1] < 0x80:
+            length, pos = (first & 0x7F) | (view[pos + 1] << 7), pos + 2
+        else:
+            length, pos = _varint(view, pos)
         if length < 36 or pos + length > end:
             raise CarError("truncated CAR block")
-        raw = bytes(view[pos : pos + 36])
-        _check_cid(raw)
+        cid = Cid(view[pos : pos + 36])
+        if cid[:4] not in _CID_PREFIXES:
+            raise CarError("only CID v1, dag-cbor or raw, sha2-256 are accepted")
         block = bytes(view[pos + 36 : pos + length])
-        if hashlib.sha256(block).digest() != raw[4:]:
+        if sha256(block).digest() != cid[4:]:
             raise CarError("a block does not match its CID")
-        blocks[Cid(raw)] = block
+        blocks[cid] = block
         pos += length
     return roots, blocks
 
@@ -108,7 +118,17 @@ def decode(block: bytes) -> Any:
 
 def encode(value: Any) -> bytes:
     """Canonical DAG-CBOR (map keys length-first, then bytewise; links as tag 42)."""
-    return cbor2.dumps(value, canonical=True, default=_encode_link)
+    return cbor2.dumps(_tagged(value), canonical=True)
+
+
+def _tagged(value: Any) -> Any:
+    if isinstance(value, Cid):
+        return cbor2.CBORTag(42, b"\x00" + bytes(value))
+    if isinstance(value, dict):
+        return {k: _tagged(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_tagged(v) for v in value]
+    return value
 
 
 def to_json(value: Any) -> Any:
@@ -116,7 +136,7 @@ def to_json(value: Any) -> Any:
     {"$link": cid}, bytes as {"$bytes": base64}."""
     if isinstance(value, Cid):
         return {"$link": str(value)}
-    if isinstance(value, bytes):
+    if isinstance(value, bytes):  # Cid is handled above
         return {"$bytes": base64.b64encode(value).decode().rstrip("=")}
     if isinstance(value, dict):
         return {k: to_json(v) for k, v in value.items()}
@@ -127,7 +147,7 @@ def to_json(value: Any) -> Any:
 
 def _tag(*args: Any) -> Any:
     # cbor2 documents (decoder, tag) and 6.x passes (tag, immutable): take the tag either way.
-    tag = next(a for a in args if isinstance(a, cbor2.CBORTag))
+    tag = args[0] if type(args[0]) is cbor2.CBORTag else args[1]
     if tag.tag != 42:
         raise CarError("a CBOR tag other than 42 (link) is not DAG-CBOR")
     value = tag.value
@@ -137,12 +157,6 @@ def _tag(*args: Any) -> Any:
     if value[2] not in (DAG_CBOR, RAW) or value[3:5] != b"\x12\x20":
         raise CarError("only CID v1, dag-cbor or raw, sha2-256 are accepted")
     return Cid(value[1:])
-
-
-def _encode_link(encoder: Any, value: Any) -> None:
-    if not isinstance(value, Cid):
-        raise TypeError(f"cannot encode {type(value).__name__} as DAG-CBOR")
-    encoder.encode(cbor2.CBORTag(42, b"\x00" + value.raw))
 
 
 def _check_cid(raw: bytes) -> None:

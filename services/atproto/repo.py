@@ -23,17 +23,11 @@ from services.atproto.keys import PublicKey
 MAX_TREE_DEPTH = 128
 
 
-@dataclass(frozen=True)
-class _Unchanged:
-    low: str
-    high: str | None
-
-
 class RepoInvalid(ValueError):
     """The repository does not verify: signature, tree or blocks."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Entry:
     collection: str
     rkey: str
@@ -65,29 +59,11 @@ def verify(data: bytes, did: str, key: PublicKey, *, partial: bool = False) -> V
             raise RepoInvalid("the CAR's root is not its commit")
         commit = car.decode(blocks[roots[0]])
         _check_commit(commit, did, key)
-        entries: list[Entry] = []
-        unchanged: list[tuple[str, str | None]] = []
-        last = ""
-        walked: list[tuple[str, Cid] | _Unchanged] = []
-        _walk(blocks, commit["data"], "", None, partial, 0, walked)
-        for item in walked:
-            if isinstance(item, _Unchanged):
-                unchanged.append((item.low, item.high))
-                continue
-            k, cid = item
-            if k <= last:
-                raise RepoInvalid("tree keys are not in order")
-            last = k
-            collection, sep, rkey = k.partition("/")
-            if not sep or not collection or not rkey or "/" in rkey:
-                raise RepoInvalid("a tree key is not collection/rkey")
-            block = blocks.get(cid)
-            if block is None and not partial:
-                raise RepoInvalid("a record is missing from the CAR")
-            entries.append(Entry(collection, rkey, cid, block))
+        walk = _Walk(blocks, partial)
+        walk.node(commit["data"], "", None, 0)
     except CarError as exc:
         raise RepoInvalid(str(exc)) from None
-    return VerifiedRepo(did, commit["rev"], roots[0], entries, unchanged)
+    return VerifiedRepo(did, commit["rev"], roots[0], walk.entries, walk.unchanged)
 
 
 def record_json(block: bytes) -> Any:
@@ -111,66 +87,76 @@ def _check_commit(commit: Any, did: str, key: PublicKey) -> None:
     if not isinstance(commit.get("rev"), str) or not isinstance(commit.get("data"), Cid):
         raise RepoInvalid("the commit has no rev or data")
     sig = commit.get("sig")
-    if not isinstance(sig, bytes):
+    if type(sig) is not bytes:
         raise RepoInvalid("the commit is not signed")
     unsigned = {k: v for k, v in commit.items() if k != "sig"}
     if not key.verify(sig, car.encode(unsigned)):
         raise RepoInvalid("the commit signature does not verify with the account's key")
 
 
-def _walk(
-    blocks: dict[Cid, bytes],
-    node_cid: Cid,
-    low: str,
-    high: str | None,
-    partial: bool,
-    depth: int,
-    out: list[tuple[str, Cid] | _Unchanged],
-) -> None:
-    """Append (key, record CID) in key order to `out`; for a subtree the CAR does not hold (a
-    diff), its key range instead. `low`/`high`: the keys either side of this subtree."""
-    if depth > MAX_TREE_DEPTH:
-        raise RepoInvalid("the tree is deeper than any real repository")
-    block = blocks.get(node_cid)
-    if block is None:
-        if not partial:
-            raise RepoInvalid("a tree node is missing from the CAR")
-        out.append(_Unchanged(low, high))
-        return
-    node = car.decode(block)
-    if not isinstance(node, dict) or not isinstance(node.get("e"), list):
-        raise RepoInvalid("a tree node is malformed")
-    entries = node["e"]
-    keys: list[str] = []
-    previous = b""
-    for entry in entries:
-        if not isinstance(entry, dict):
-            raise RepoInvalid("a tree entry is malformed")
-        prefix, suffix = entry.get("p"), entry.get("k")
-        if not isinstance(prefix, int) or not isinstance(suffix, bytes):
-            raise RepoInvalid("a tree entry is malformed")
-        if not 0 <= prefix <= len(previous):
-            raise RepoInvalid("a tree entry's prefix is longer than the key before it")
-        previous = previous[:prefix] + suffix
-        try:
-            keys.append(previous.decode("ascii"))
-        except UnicodeDecodeError:
-            raise RepoInvalid("a tree key is not ASCII") from None
-    left = node.get("l")
-    if left is not None:
-        _subtree(blocks, left, low, keys[0] if keys else high, partial, depth, out)
-    for i, entry in enumerate(entries):
-        value = entry.get("v")
-        if not isinstance(value, Cid):
+class _Walk:
+    """The tree in key order: every entry checked (keys strictly increasing, each one a
+    `collection/rkey`), its record's block looked up."""
+
+    def __init__(self, blocks: dict[Cid, bytes], partial: bool) -> None:
+        self.blocks = blocks
+        self.partial = partial
+        self.entries: list[Entry] = []
+        self.unchanged: list[tuple[str, str | None]] = []
+        self.last = ""
+
+    def node(self, cid: Any, low: str, high: str | None, depth: int) -> None:
+        """The subtree at `cid`; `low`/`high`: the keys either side of it."""
+        if type(cid) is not Cid:
+            raise RepoInvalid("a tree link is malformed")
+        if depth > MAX_TREE_DEPTH:
+            raise RepoInvalid("the tree is deeper than any real repository")
+        block = self.blocks.get(cid)
+        if block is None:
+            if not self.partial:
+                raise RepoInvalid("a tree node is missing from the CAR")
+            self.unchanged.append((low, high))  # a diff left it out: unchanged since
+            return
+        node = car.decode(block)
+        if type(node) is not dict or type(node.get("e")) is not list:
+            raise RepoInvalid("a tree node is malformed")
+        entries = node["e"]
+        keys: list[str] = []
+        previous = b""
+        for entry in entries:
+            if type(entry) is not dict:
+                raise RepoInvalid("a tree entry is malformed")
+            prefix, suffix = entry.get("p"), entry.get("k")
+            if type(prefix) is not int or type(suffix) is not bytes:
+                raise RepoInvalid("a tree entry is malformed")
+            if not 0 <= prefix <= len(previous):
+                raise RepoInvalid("a tree entry's prefix is longer than the key before it")
+            previous = previous[:prefix] + suffix
+            try:
+                keys.append(previous.decode("ascii"))
+            except UnicodeDecodeError:
+                raise RepoInvalid("a tree key is not ASCII") from None
+        left = node.get("l")
+        if left is not None:
+            self.node(left, low, keys[0] if keys else high, depth + 1)
+        for i, entry in enumerate(entries):
+            self.record(keys[i], entry.get("v"))
+            right = entry.get("t")
+            if right is not None:
+                following = keys[i + 1] if i + 1 < len(keys) else high
+                self.node(right, keys[i], following, depth + 1)
+
+    def record(self, key: str, cid: Any) -> None:
+        if type(cid) is not Cid:
             raise RepoInvalid("a tree entry has no record link")
-        out.append((keys[i], value))
-        right = entry.get("t")
-        if right is not None:
-            following = keys[i + 1] if i + 1 < len(keys) else high
-            _subtree(blocks, right, keys[i], following, partial, depth, out)
-
-
-def _subtree(blocks, cid: Any, low: str, high: str | None, partial: bool, depth: int, out) -> None:
-    if not isinstance(cid, Cid):
-        raise RepoInvalid("a tree link is malformed")
-    _walk(blocks, cid, low, high, partial, depth + 1, out)
+        if key <= self.last:
+            raise RepoInvalid("tree keys are not in order")
+        self.last = key
+        slash = key.find("/")
+        collection, rkey = key[:slash], key[slash + 1 :]
+        if slash < 1 or not rkey or "/" in rkey:
+            raise RepoInvalid("a tree key is not collection/rkey")
+        block = self.blocks.get(cid)
+        if block is None and not self.partial:
+            raise RepoInvalid("a record is missing from the CAR")
+        self.entries.append(Entry(collection, rkey, cid, block))
