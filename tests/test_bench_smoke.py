@@ -1,0 +1,59 @@
+"""Each benchmark script runs at tiny sizes and prints its figures, so none can rot. (The
+figures themselves are not checked here: benchmarks are not tests.)"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+async def run_bench(*args: str, timeout: float = 240) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *args,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode == 0, err.decode()[-3000:]
+    return out.decode()
+
+
+async def test_repo_sync_bench(atproto):  # the reference servers are installed by then
+    out = await run_bench(
+        "bench/repo_sync.py",
+        "--repeat",
+        "1",
+        "--records",
+        "200",
+        "--fresh-repos",
+        "3",
+        "--fresh-records",
+        "20",
+    )
+    figures = json.loads(out[: out.rindex("}") + 1])
+    assert figures["unchanged_freshness"]["requests_to_pds"] == 1
+    assert figures["reference_pds"]["records"] == 200
+    assert "overhead" in figures["verification"]
+
+
+@pytest.mark.parametrize(
+    "args, expect",
+    [
+        (("bench/api_latency.py", "--requests", "20"), "trigger (JWT, append)"),
+        (("bench/backfill.py", "--repeat", "1", "--records", "200"), "fullReindex batchSize"),
+    ],
+    ids=["api_latency", "backfill"],
+)
+async def test_bench_prints_its_figures(args, expect, kafka_bootstrap):
+    out = await run_bench(*args, timeout=280)
+    assert expect in out, out
