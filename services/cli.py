@@ -1,4 +1,5 @@
-"""`chive-backfill`: run the service (all in one, or one part per process) and inspect it."""
+"""`chive-backfill`: run the service (all in one, or one part per process), drive it through
+its API (trigger, status, history, watch, cancel) and inspect its log and index."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import msgspec
 from events import model
 from events.log import read_to_end
 from projections import index_location
-from services import bootstrap
+from services import bootstrap, logs
 from services.atproto import keys
 from services.atproto.service_auth import MAX_TOKEN_LIFETIME_S
 from services.settings import SettingsError, load
@@ -57,6 +58,32 @@ def _parser() -> argparse.ArgumentParser:
     )
     dead = sub.add_parser("dlq", help="the dead-letter topic")
     dead.add_argument("action", choices=["list", "replay"])
+    trigger = sub.add_parser("trigger", help="start a backfill through the API")
+    trigger.add_argument("type", choices=model.BACKFILL_TYPES)
+    trigger.add_argument("--did", help="didSync: the DID")
+    trigger.add_argument("--uri", help="citationExtraction: one eprint's at-uri")
+    trigger.add_argument("--pds-url", help="pdsScan: the PDS (default: every known one)")
+    trigger.add_argument("--batch-size", type=int, help="fullReindex: events per transaction")
+    trigger.add_argument("--watch", action="store_true", help="then watch it to the end")
+    status = sub.add_parser("status", help="one operation, or every running one")
+    status.add_argument("id", nargs="?")
+    history = sub.add_parser("history", help="finished operations, newest first")
+    history.add_argument("--type", choices=model.BACKFILL_TYPES)
+    history.add_argument("--limit", type=int, default=20)
+    watch = sub.add_parser("watch", help="live progress until the operation ends")
+    watch.add_argument("id", nargs="?", help="default: the operation that started last")
+    cancel = sub.add_parser("cancel", help="cancel an operation")
+    cancel.add_argument("id")
+    for client_command in (trigger, status, history, watch, cancel):
+        client_command.add_argument(
+            "--url", help="the API (default: http://CHIVE_HOST:CHIVE_PORT of this machine)"
+        )
+        client_command.add_argument(
+            "--token",
+            help="a service-auth JWT to send (default: one minted per call by the local admin "
+            "key, which is the admin of the embedded default)",
+        )
+        client_command.add_argument("--json", action="store_true", help="print JSON")
     token = sub.add_parser("token", help="mint a service-auth JWT signed by the local admin key")
     token.add_argument(
         "--lxm",
@@ -91,12 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"chive-backfill: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    # pypdf logs every oddity of a damaged PDF at WARNING; citationExtraction reports the
-    # outcome per eprint instead.
-    logging.getLogger("pypdf").setLevel(logging.ERROR)
+    logs.configure(settings.log_level, settings.log_format)
     if args.command == "token":
         return _token(settings, args)
     try:
@@ -124,6 +146,8 @@ def _die(exc: BaseException) -> None:
 
 
 async def _async_main(settings, args) -> int:
+    if args.command in CLIENT_COMMANDS:
+        return await _client_command(settings, args)
     if args.command == "events":
         return await _events(settings, args)
     if args.command == "records":
@@ -157,6 +181,83 @@ def _token(settings, args) -> int:
     print(keys.mint_service_jwt(key, iss=did, aud=settings.service_did, lxm=lxm, ttl_s=args.ttl))
     print(f"issuer {did}, lxm {lxm}, valid {args.ttl}s", file=sys.stderr)
     return 0
+
+
+CLIENT_COMMANDS = ("trigger", "status", "history", "watch", "cancel")
+
+
+async def _client_command(settings, args) -> int:
+    """Exit 0 on success; 1 when the API refuses or the watched operation did not complete."""
+    from services.admin_client import AdminCallFailed, AdminClient, describe, printer
+
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    url = args.url or f"http://{host}:{settings.port}"
+    if args.token:
+        token = args.token
+
+        def signer(_method: str) -> str:
+            return token
+    else:
+        key = bootstrap.local_admin_key(settings)
+
+        def signer(method: str) -> str:
+            return keys.mint_service_jwt(
+                key, iss=key.public.did_key(), aud=settings.service_did, lxm=method
+            )
+
+    def emit(result) -> None:
+        if args.json:
+            print(json.dumps(result, indent=2))
+        elif isinstance(result, list):
+            print("\n".join(describe(op) for op in result) or "none")
+        elif isinstance(result, dict):
+            print(describe(result))
+
+    show = (
+        (lambda op: print(json.dumps(op), flush=True))
+        if args.json
+        else printer(sys.stdout.isatty())
+    )
+    async with AdminClient(url, signer) as client:
+        try:
+            if args.command == "trigger":
+                params = {
+                    "type": args.type,
+                    "did": args.did,
+                    "uri": args.uri,
+                    "pdsUrl": args.pds_url,
+                    "batchSize": args.batch_size,
+                }
+                op = await client.trigger(**{k: v for k, v in params.items() if v is not None})
+                if not args.watch:
+                    emit(op)
+                    return 0
+                op = await client.watch(op["id"], show)
+            elif args.command == "status":
+                emit(await client.status(args.id) if args.id else await client.running())
+                return 0
+            elif args.command == "history":
+                emit(await client.history(max(1, min(100, args.limit)), args.type))
+                return 0
+            elif args.command == "cancel":
+                cancelled = await client.cancel(args.id)
+                emit({"id": args.id, "cancelled": cancelled} if args.json else None)
+                if not args.json:
+                    print("cancel requested" if cancelled else "already finished")
+                return 0 if cancelled else 1
+            else:
+                op_id = args.id
+                if op_id is None:
+                    running = await client.running()
+                    if not running:
+                        print("chive-backfill: no running operation", file=sys.stderr)
+                        return 1
+                    op_id = max(running, key=lambda o: o["startedAt"])["id"]
+                op = await client.watch(op_id, show)
+        except AdminCallFailed as exc:
+            print(f"chive-backfill: {exc}", file=sys.stderr)
+            return 1
+    return 0 if op["status"] == "completed" else 1
 
 
 async def _events(settings, args) -> int:

@@ -70,6 +70,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     progress_interval_s: Annotated[float, _range(0.05, 3600.0)] = 2.0
     progress_records: Annotated[int, _range(1, 10_000_000)] = 500
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    # json: one JSON object per line; text: for people; auto: text on a terminal, else json.
+    log_format: Literal["auto", "json", "text"] = "auto"
     # Outbound fetches may reach loopback/private addresses and plain http (local development
     # and tests only): services/outbound.py.
     allow_private_networks: bool = False

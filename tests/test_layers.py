@@ -28,6 +28,8 @@ FORBIDDEN = {
     "services.outbound": ("services.api", "services.workers", "services.atproto", *TOP),
     "services.rate_limit": ("services.api", "services.workers", "services.atproto", *TOP),
     "services.settings": ("services.api", "services.workers", *TOP),
+    "services.logs": ("services.api", "services.workers", "services.atproto", *TOP),
+    "services.admin_client": ("services.api", "services.workers", *TOP),
     "services.api": ("services.workers", *TOP),
     "services.workers": ("services.api", *TOP),
     "services.audit": ("services.api", "services.workers", *TOP),

@@ -6,6 +6,7 @@ It never does backfill work itself; the workers do, from the log.
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,10 @@ from services.api.params import backfill_params, dedupe_key
 from services.api.views import operation_view
 from services.api.xrpc import Call, XrpcServer, invalid_request
 from services.atproto.errors import XrpcError
+from services.logs import operation_fields
 from services.rate_limit import RateLimiter
+
+log = logging.getLogger(__name__)
 
 TRIGGER = "pub.chive.admin.triggerBackfill"
 STATUS = "pub.chive.admin.getBackfillStatus"
@@ -81,6 +85,13 @@ class Api:
                 colocated=True,
             )
             await self._append(event)
+        log.info(
+            "backfill requested: %s %s by %s",
+            kind,
+            event.operation_id,
+            call.caller.did,
+            extra=operation_fields(event.operation_id, kind, requested_by=call.caller.did),
+        )
         # Another replica may have taken an identical request a moment earlier: the log
         # decides (projections/operations.duplicate_of) and this request's id names its
         # operation then.
@@ -134,6 +145,13 @@ class Api:
                     backfill_type=op.type,
                     requested_by=call.caller.did,
                 )
+            )
+            log.info(
+                "cancel requested: %s %s by %s",
+                op.type,
+                op.id,
+                call.caller.did,
+                extra=operation_fields(op.id, op.type, requested_by=call.caller.did),
             )
         return {"success": True}
 

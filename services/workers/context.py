@@ -9,6 +9,7 @@ for cancellation between units of work.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -22,12 +23,17 @@ from projections.rebuild import Reindexer
 from projections.records import RecordIndex
 from projections.runner import ProjectionRunner
 from services.atproto.identity import DidNotFound, DidResolver, ResolutionError, pds_endpoint
+from services.logs import operation_fields
 from services.settings import Settings
 from services.workers.grobid import Grobid
 from services.workers.pdf_text import PdfTextPool
 from services.workers.xrpc_client import XrpcClient
 
 INDEX_READY_S = 60.0
+# A progress line in the log at most this often per operation (events come more often).
+PROGRESS_LOG_S = 5.0
+
+log = logging.getLogger(__name__)
 
 
 class Cancelled(Exception):
@@ -109,6 +115,7 @@ class WorkContext:
         self._cancel = asyncio.Event()
         self._lock = asyncio.Lock()
         self._last_emit = time.monotonic()
+        self._last_log = float("-inf")
         self._emitted_records = -1
         self._latest: tuple[int, int | None, dict[str, Any] | None] = (0, None, checkpoint)
 
@@ -157,7 +164,17 @@ class WorkContext:
     async def _emit_latest(self) -> None:
         async with self._lock:
             records, total, checkpoint = self._latest
-            self._last_emit = time.monotonic()
+            self._last_emit = now = time.monotonic()
+            if records != self._emitted_records and now - self._last_log >= PROGRESS_LOG_S:
+                self._last_log = now
+                log.info(
+                    "backfill progress: %s %s, %d records%s",
+                    self.backfill_type,
+                    self.operation_id,
+                    records,
+                    f" of {total}" if total is not None else "",
+                    extra=operation_fields(self.operation_id, self.backfill_type),
+                )
             self._emitted_records = records
             await self._append(
                 model.new_event(

@@ -29,6 +29,7 @@ from events.log import (
 )
 from events.waiting import sleep_unless_stopped
 from projections.operations import Operation, duplicate_of, fold
+from services.logs import operation_fields
 from services.workers.commit_order import CommitOrder
 from services.workers.context import (
     Cancelled,
@@ -58,6 +59,35 @@ class _Tracked:
     op: Operation
     partition: int
     request_offset: int
+
+
+def _log_outcome(final: model.OperationEvent, worker: str) -> None:
+    fields = operation_fields(final.operation_id, final.backfill_type, worker=worker)
+    if isinstance(final, model.BackfillCompleted):
+        log.info(
+            "backfill completed: %s %s, %d records (%d skipped, %d deleted)",
+            final.backfill_type,
+            final.operation_id,
+            final.records_processed,
+            final.records_skipped,
+            final.records_deleted,
+            extra={**fields, "status": "completed"},
+        )
+    elif isinstance(final, model.BackfillFailed):
+        log.warning(
+            "backfill failed: %s %s: %s",
+            final.backfill_type,
+            final.operation_id,
+            final.error,
+            extra={**fields, "status": "failed", "error": final.error},
+        )
+    else:
+        log.info(
+            "backfill cancelled: %s %s",
+            final.backfill_type,
+            final.operation_id,
+            extra={**fields, "status": "cancelled"},
+        )
 
 
 class WorkerService:
@@ -214,6 +244,14 @@ class WorkerService:
                 attempt=op.attempts + 1,
             )
         )
+        log.info(
+            "backfill started: %s %s by %s (attempt %d)",
+            op.type,
+            op.id,
+            self._id,
+            op.attempts + 1,
+            extra=operation_fields(op.id, op.type, worker=self._id),
+        )
         heartbeat = asyncio.create_task(ctx.heartbeat())
         try:
             outcome = await self._handler(ctx)
@@ -247,6 +285,7 @@ class WorkerService:
     async def _finish(self, tracked: _Tracked, final: model.OperationEvent) -> None:
         await self._append(final)
         self._track(tracked, fold(tracked.op, final) or tracked.op)
+        _log_outcome(final, self._id)
 
     def _track(self, tracked: _Tracked, op: Operation) -> None:
         tracked.op = op
