@@ -23,7 +23,7 @@ class MemoryEventLog:
         self._committed: dict[tuple[str, str], dict[int, int]] = {}
         self._appended = Pulse()
         self._open = False
-        # Set to make appends fail as an unreachable broker's would (fault injection).
+        # Set to make appends and reads fail as an unreachable broker's would (fault injection).
         self.unavailable = False
 
     async def start(self) -> None:
@@ -72,6 +72,8 @@ class MemoryEventLog:
 
     # -- what its readers read (events/local_reader.py) -------------------------------------
     async def fetch(self, topic: str, partition: int, offset: int, limit: int) -> list[Message]:
+        if self.unavailable:
+            raise LogUnavailable("unavailable")
         partitions = self._topics.get(topic)
         batch = partitions[partition][offset : offset + limit] if partitions else []
         # A real log answers after a round trip: other tasks run in between, as they would.
@@ -79,6 +81,8 @@ class MemoryEventLog:
         return batch
 
     async def end(self, topic: str, partition: int) -> int:
+        if self.unavailable:
+            raise LogUnavailable("unavailable")
         partitions = self._topics.get(topic)
         return len(partitions[partition]) if partitions else 0
 

@@ -83,6 +83,8 @@ class ProjectionRunner:
         self._positions: dict[int, int] = {}
         self._advanced = Pulse()
         self._caught_up_at = float("-inf")
+        # Why the log cannot be read now (None while it can).
+        self._outage: str | None = None
         # Held while a batch folds; fullReindex holds it to swap the store's database.
         self._fold_lock = asyncio.Lock()
         self._reseek = False
@@ -113,6 +115,7 @@ class ProjectionRunner:
                 while not stop.is_set():
                     checked_at = asyncio.get_running_loop().time()
                     messages = await reader.poll(0.2)
+                    self._outage = None
                     if self._reseek:
                         self._reseek = False
                         break
@@ -122,6 +125,7 @@ class ProjectionRunner:
                         self._caught_up_at = checked_at
                         self._advanced.fire()
             except LogUnavailable as exc:
+                self._outage = str(exc) or type(exc).__name__
                 log.warning("%s: log unavailable, retrying: %s", self._name, exc)
                 await sleep_unless_stopped(stop, _RETRY_DELAY)
             finally:
@@ -148,6 +152,15 @@ class ProjectionRunner:
                 reason,
             )
         await dlq.park(self._log, [dlq.letter(m, r, f"projection:{self._name}") for m, r in poison])
+
+    def readiness(self, max_lag_s: float) -> str | None:
+        """Why this projection is not ready (the log is unreachable, or it has not been caught
+        up with the log for `max_lag_s`); None when it is."""
+        if self._outage is not None:
+            return f"projection {self._name}: log unavailable: {self._outage}"
+        if asyncio.get_running_loop().time() - self._caught_up_at > max_lag_s:
+            return f"projection {self._name}: not caught up with the log"
+        return None
 
     async def wait_caught_up(self, timeout: float) -> bool:
         """True once the projection has folded everything appended before this call."""

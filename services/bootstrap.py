@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from events import dlq, model
@@ -19,15 +20,18 @@ from projections.operations import OperationsStore
 from projections.rebuild import Reindexer
 from projections.records import RecordIndex
 from projections.runner import ProjectionRunner
-from services import outbound
+from services import outbound, status
 from services.api import http_server
 from services.api.app import Api, create_app
 from services.api.auth import ServiceAuth
 from services.api.lexicon import Lexicons
 from services.atproto import keys
 from services.atproto.identity import DidResolver
+from services.health import Health
+from services.metrics import CountedLog, Metrics
 from services.rate_limit import RateLimiter
 from services.settings import Settings
+from services.status import Refresh
 from services.workers import (
     citation_extraction,
     did_sync,
@@ -70,9 +74,35 @@ def make_log(settings: Settings) -> EventLog:
     return SqliteEventLog(settings.data_dir / "events.db", settings.partitions)
 
 
+@dataclass
+class Observability:
+    """A process's health checks and metrics, and what refreshes the metrics read at scrape
+    time: every part registers here, and the status endpoints serve it."""
+
+    metrics: Metrics = field(default_factory=Metrics)
+    health: Health = field(default_factory=Health)
+    refresh: list[Refresh] = field(default_factory=list)
+
+    def watch_projection(self, runner: ProjectionRunner, name: str) -> None:
+        self.health.add(lambda: runner.readiness(READY_LAG_S))
+
+        async def positions() -> None:
+            for partition, offset in runner.positions.items():
+                self.metrics.projection_position.labels(name, str(partition)).set(offset)
+
+        self.refresh.append(positions)
+
+
+# A projection that has not been caught up with the log for this long is not ready.
+READY_LAG_S = 30.0
+
+
 @contextlib.asynccontextmanager
-async def open_log(settings: Settings) -> AsyncIterator[EventLog]:
-    event_log = make_log(settings)
+async def open_log(settings: Settings, metrics: Metrics | None = None) -> AsyncIterator[EventLog]:
+    """The configured log, started, its topics created; appends counted into `metrics`."""
+    event_log: EventLog = make_log(settings)
+    if metrics is not None:
+        event_log = CountedLog(event_log, metrics)
     await event_log.start()
     try:
         await event_log.ensure_topics([model.OPERATIONS_TOPIC, model.RECORDS_TOPIC, dlq.DLQ_TOPIC])
@@ -105,10 +135,19 @@ async def run_api(
     event_log: EventLog,
     stop: asyncio.Event,
     on_ready: Callable[[int], Awaitable[None]] | None = None,
+    obs: Observability | None = None,
 ) -> None:
+    obs = obs or Observability()
     store = OperationsStore(settings.data_dir / "api-operations.db")
     await store.open()
     projection = ProjectionRunner(event_log, store, "operations")
+    obs.watch_projection(projection, "operations")
+    operations = obs.metrics.observe_operations(settings.stall_after_s * 1000)
+
+    async def operations_snapshot() -> None:
+        operations.update(await store.all(), model.now_ms())
+
+    obs.refresh.append(operations_snapshot)
     async with outbound.Fetcher(fetch_policy(settings)) as fetcher:
         auth = ServiceAuth(
             DidResolver(fetcher, settings.plc_url, settings.source_timeout_s),
@@ -120,6 +159,7 @@ async def run_api(
         append_timeout_s = settings.kafka_request_timeout_ms / 1000 + 2
         api = Api(event_log, store, projection, settings.stall_after_s, append_timeout_s)
         app = create_app(api, Lexicons.load(), auth, RateLimiter(settings.rate_limit_per_minute))
+        status.add_routes(app, obs.health, obs.metrics, obs.refresh)
         sock = http_server.listen(settings.host, settings.port)
         server = http_server.server(app, settings.max_connections)
         tasks = [
@@ -161,8 +201,10 @@ async def run_workers(
     types: list[str],
     stop: asyncio.Event,
     projector: Projector | None = None,
+    obs: Observability | None = None,
 ) -> None:
     """`projector`: the records projection when it runs in this process."""
+    obs = obs or Observability()
     index_runner = projector.runner if projector else None
     if BESIDE_PROJECTOR & set(types) and projector is None:
         raise SystemExit(
@@ -187,6 +229,7 @@ async def run_workers(
             stack.push_async_callback(index.close)
             runner = index_runner or ProjectionRunner(event_log, index, "worker-records")
             if own_replica:
+                obs.watch_projection(runner, "worker-records")
                 tasks.append(asyncio.create_task(runner.run(stop), name="worker-records"))
         policy = RetryPolicy(attempts=settings.source_attempts, timeout_s=settings.source_timeout_s)
         pdf = None
@@ -195,7 +238,7 @@ async def run_workers(
             stack.push_async_callback(pdf.close)
         services = Services(
             event_log,
-            XrpcClient(fetcher, policy),
+            XrpcClient(fetcher, policy, observe=obs.metrics.source_request),
             # Workers ask afresh only where their own work calls for it (a didSync, a repo
             # gone from its PDS), never on a caller's say-so: no spacing between fresh asks.
             DidResolver(fetcher, settings.plc_url, settings.source_timeout_s, fresh_interval_s=0),
@@ -211,6 +254,8 @@ async def run_workers(
             limits=Limits.of(settings),
         )
         workers = [WorkerService(t, HANDLERS[t], services) for t in types]
+        for worker in workers:
+            obs.health.add(worker.readiness)
         tasks += [
             asyncio.create_task(w.run(stop), name=f"worker-{w.backfill_type}") for w in workers
         ]
@@ -240,19 +285,23 @@ async def run_projector(
     event_log: EventLog,
     stop: asyncio.Event,
     projector: Projector | None = None,
+    obs: Observability | None = None,
 ) -> None:
     """`projector`: a records projection whose index the caller has opened (and will close).
     Without one, this process owns the index, and runs the workers that work on it."""
+    obs = obs or Observability()
     if projector is not None:
+        obs.watch_projection(projector.runner, "records")
         await projector.runner.run(stop)
         return
     projector = records_projection(settings, event_log)
+    obs.watch_projection(projector.runner, "records")
     index = projector.index
     await index.open()
     tasks = [
         asyncio.create_task(projector.runner.run(stop), name="projector"),
         asyncio.create_task(
-            run_workers(settings, event_log, sorted(BESIDE_PROJECTOR), stop, projector),
+            run_workers(settings, event_log, sorted(BESIDE_PROJECTOR), stop, projector, obs),
             name="projector-workers",
         ),
     ]
@@ -269,22 +318,52 @@ async def run_all(
     on_ready: Callable[[int], Awaitable[None]] | None = None,
 ) -> None:
     """Everything in one process on one log: the embedded default of `chive-backfill up`."""
+    obs = Observability()
     async with contextlib.AsyncExitStack() as stack:
-        event_log = await stack.enter_async_context(open_log(settings))
+        event_log = await stack.enter_async_context(open_log(settings, obs.metrics))
         # One record index in one process: workers that read it share the projector's. It is
         # opened here, first, so no two connections race to create the file.
         projector = records_projection(settings, event_log)
         await projector.index.open()
         stack.push_async_callback(projector.index.close)
         tasks = [
-            asyncio.create_task(run_api(settings, event_log, stop, on_ready)),
-            asyncio.create_task(run_projector(settings, event_log, stop, projector)),
-            asyncio.create_task(run_workers(settings, event_log, list(HANDLERS), stop, projector)),
+            asyncio.create_task(run_api(settings, event_log, stop, on_ready, obs)),
+            asyncio.create_task(run_projector(settings, event_log, stop, projector, obs)),
+            asyncio.create_task(
+                run_workers(settings, event_log, list(HANDLERS), stop, projector, obs)
+            ),
         ]
         try:
             await _until_first_done(tasks, stop)
         finally:
             await _cancel(tasks)
+
+
+async def serve_status(settings: Settings, obs: Observability, stop: asyncio.Event) -> None:
+    """/healthz, /readyz and /metrics of a worker or projector process, on CHIVE_STATUS_PORT."""
+    assert settings.status_port is not None
+    sock = http_server.listen(settings.host, settings.status_port)
+    server = http_server.server(status.status_app(obs.health, obs.metrics, obs.refresh), 100)
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        await stop.wait()
+    finally:
+        server.should_exit = True
+        await serving
+
+
+async def run_beside_status(
+    settings: Settings, obs: Observability, stop: asyncio.Event, part: Awaitable[None]
+) -> None:
+    """A worker or projector process with its status endpoints."""
+    tasks = [
+        asyncio.create_task(part, name="part"),
+        asyncio.create_task(serve_status(settings, obs, stop), name="status endpoints"),
+    ]
+    try:
+        await _until_first_done(tasks, stop)
+    finally:
+        await _cancel(tasks)
 
 
 async def _until_first_done(tasks: list[asyncio.Task], stop: asyncio.Event) -> None:

@@ -163,13 +163,19 @@ async def _async_main(settings, args) -> int:
     if args.command == "up":
         await bootstrap.run_all(settings, stop)
         return 0
-    async with bootstrap.open_log(settings) as event_log:
+    obs = bootstrap.Observability()
+    async with bootstrap.open_log(settings, obs.metrics) as event_log:
         if args.command == "api":
-            await bootstrap.run_api(settings, event_log, stop)
-        elif args.command == "worker":
-            await bootstrap.run_workers(settings, event_log, [args.type], stop)
-        elif args.command == "projector":
-            await bootstrap.run_projector(settings, event_log, stop)
+            await bootstrap.run_api(settings, event_log, stop, obs=obs)
+            return 0
+        if args.command == "worker":
+            part = bootstrap.run_workers(settings, event_log, [args.type], stop, obs=obs)
+        else:
+            part = bootstrap.run_projector(settings, event_log, stop, obs=obs)
+        if settings.status_port is None:
+            await part
+        else:
+            await bootstrap.run_beside_status(settings, obs, stop, part)
     return 0
 
 

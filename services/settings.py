@@ -77,6 +77,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     allow_private_networks: bool = False
     # Requests per minute per client address on the XRPC endpoints (0: no limit).
     rate_limit_per_minute: Annotated[int, _range(0, 10_000_000)] = 600
+    # Where a worker or projector process serves /healthz, /readyz and /metrics (unset: not
+    # served; the API serves them on CHIVE_PORT).
+    status_port: Annotated[int | None, _range(0, 65535)] = None
     # Connections the API serves at once; past it, new ones get 503.
     max_connections: Annotated[int, _range(1, 1_000_000)] = 1000
 

@@ -101,6 +101,7 @@ class WorkerService:
         self._running: dict[str, tuple[asyncio.Task, WorkContext]] = {}
         self._order = CommitOrder()
         self._consumer: GroupConsumer | None = None
+        self._outage: str | None = "not started"
 
     # -- lifecycle -----------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -116,12 +117,14 @@ class WorkerService:
                 await consumer.start()
                 while not stop.is_set():
                     messages = await consumer.poll(0.2)
+                    self._outage = None
                     poison = [p for m in messages if (p := self._consume(m)) is not None]
                     # Parked before the commit moves past them: a skipped event is never lost.
                     await dlq.park(self._log, poison)
                     await self._start_ready(consumer)
                     await self._commit(consumer)
             except LogUnavailable as exc:
+                self._outage = str(exc) or type(exc).__name__
                 log.warning("%s: log unavailable, retrying: %s", self._id, exc)
                 await sleep_unless_stopped(stop, _RETRY_DELAY_S)
             finally:
@@ -130,6 +133,12 @@ class WorkerService:
                 )
                 await consumer.stop()
                 self._consumer = None
+
+    def readiness(self) -> str | None:
+        """Why this worker is not ready (it cannot read the log); None when it is."""
+        if self._outage is not None:
+            return f"worker {self.backfill_type}: log unavailable: {self._outage}"
+        return None
 
     async def _assigned(self, partitions: set[int]) -> None:
         log.info("%s: assigned partitions %s", self._id, sorted(partitions))

@@ -47,9 +47,17 @@ class XrpcClient:
     """Calls under the outbound fetch policy: each response kind has its byte cap, each
     request a total deadline (`RetryPolicy.timeout_s`), and no redirect is followed."""
 
-    def __init__(self, fetcher: outbound.Fetcher, policy: RetryPolicy | None = None) -> None:
+    def __init__(
+        self,
+        fetcher: outbound.Fetcher,
+        policy: RetryPolicy | None = None,
+        observe: Callable[[str, str], None] | None = None,
+    ) -> None:
+        """`observe(url, outcome)`: told of every attempt; outcome "ok", the HTTP status of
+        an error answer, or "unreachable"."""
         self._fetcher = fetcher
         self.policy = policy or RetryPolicy()
+        self._observe = observe or (lambda _url, _outcome: None)
 
     async def query(
         self,
@@ -108,8 +116,13 @@ class XrpcClient:
                 )
             except outbound.ResponseTooLarge as exc:
                 # An answer, just too big: final, like an XRPC error (never retried).
+                self._observe(url, "too large")
                 raise XrpcCallError(url, 200, too_large, str(exc)) from None
+            except (Retry, SourceUnavailable):
+                self._observe(url, "unreachable")
+                raise
             status = response.status
+            self._observe(url, "ok" if status == 200 else str(status))
             if status == 200:
                 try:
                     return parse(response.body)
