@@ -38,15 +38,24 @@ async def replay_into(event_log: EventLog, store: TrackedStore, upto: dict[int, 
         await reader.stop()
 
 
-async def verify(event_log: EventLog, data_dir: Path) -> dict:
-    """{"operations": n, "records": m, "differences": [...]} for the live projections."""
+PROJECTIONS = ("operations", "records")
+
+
+async def verify(
+    event_log: EventLog, data_dir: Path, projections: tuple[str, ...] = PROJECTIONS
+) -> dict:
+    """{"operations": n, "records": m, "differences": [...]} for the live projections of
+    `data_dir` named in `projections` (a deployment keeps each where its process runs: the
+    operations projection beside the API, the record index beside the projector)."""
     differences: list[str] = []
     counts = {}
+    where = {
+        "operations": (OperationsStore, data_dir / "api-operations.db"),
+        "records": (RecordIndex, index_location.active_path(data_dir)),
+    }
     with tempfile.TemporaryDirectory() as tmp:
-        for name, cls, path in (
-            ("operations", OperationsStore, data_dir / "api-operations.db"),
-            ("records", RecordIndex, index_location.active_path(data_dir)),
-        ):
+        for name in projections:
+            cls, path = where[name]
             if not path.exists():
                 raise FileNotFoundError(f"no live {name} projection at {path}")
             live, fresh = cls(path), cls(Path(tmp) / path.name)

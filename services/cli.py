@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="the worker service of one backfill type")
     worker.add_argument("type", choices=model.BACKFILL_TYPES)
     sub.add_parser("projector", help="the record index projection")
+    sub.add_parser(
+        "init", help="create the log's topics (partition count, infinite retention) and exit"
+    )
     events = sub.add_parser("events", help="events as JSON lines, in log order (audit view)")
     events.add_argument("--operation", help="only this operation's events")
     events.add_argument("--records", action="store_true", help="the records topic instead")
@@ -55,6 +58,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         required=True,
         help="compare with the live projections; exit 1 on any difference",
+    )
+    replay.add_argument(
+        "--projection",
+        choices=["operations", "records"],
+        action="append",
+        help="only this projection (repeatable; default both). In a deployment each lives "
+        "with its process: operations with the API, records with the projector",
     )
     dead = sub.add_parser("dlq", help="the dead-letter topic")
     dead.add_argument("action", choices=["list", "replay"])
@@ -153,7 +163,11 @@ async def _async_main(settings, args) -> int:
     if args.command == "records":
         return await _records(settings, args)
     if args.command == "replay":
-        return await _replay(settings)
+        return await _replay(settings, tuple(args.projection or ("operations", "records")))
+    if args.command == "init":
+        async with bootstrap.open_log(settings):
+            print(f"topics ready with {settings.partitions} partitions", file=sys.stderr)
+        return 0
     if args.command == "dlq":
         return await _dlq(settings, args.action)
     stop = asyncio.Event()
@@ -314,12 +328,12 @@ async def _records(settings, args) -> int:
     return 0
 
 
-async def _replay(settings) -> int:
+async def _replay(settings, projections: tuple[str, ...]) -> int:
     from services.audit import verify
 
     async with bootstrap.open_log(settings) as event_log:
         try:
-            report = await verify(event_log, settings.data_dir)
+            report = await verify(event_log, settings.data_dir, projections)
         except FileNotFoundError as exc:
             print(f"chive-backfill: {exc}", file=sys.stderr)
             return 2
@@ -327,11 +341,7 @@ async def _replay(settings) -> int:
         print(line)
     print(
         json.dumps(
-            {
-                "operations": report["operations"],
-                "records": report["records"],
-                "differences": len(report["differences"]),
-            }
+            {**{n: report[n] for n in projections}, "differences": len(report["differences"])}
         )
     )
     return 1 if report["differences"] else 0

@@ -47,8 +47,39 @@ def test_compose_runs_every_part_on_kafka():
     assert workers == set(BACKFILL_TYPES) - BESIDE_PROJECTOR
     assert services["api"]["command"] == ["api"]
     assert services["projector"]["command"] == ["projector"]
-    for name, service in services.items():
-        if name != "kafka":
-            assert service["environment"]["CHIVE_EVENT_LOG"] == "kafka"
-            assert service["environment"]["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
-            assert "build" in service
+    chive = {name: s for name, s in services.items() if "build" in s}
+    assert set(services) - set(chive) == {"kafka", "prometheus"}
+    for service in chive.values():
+        assert service["environment"]["CHIVE_EVENT_LOG"] == "kafka"
+        assert service["environment"]["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
+
+
+def test_compose_checks_health_restarts_and_scrapes_every_process():
+    result = compose("config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    # The topics are created once, before any part starts.
+    assert services["init-topics"]["command"] == ["init"]
+    assert services["init-topics"]["restart"] == "no"
+    parts = {n: s for n, s in services.items() if "build" in s and n != "init-topics"}
+    prometheus = (ROOT / "deploy/prometheus.yml").read_text()
+    mounted = [v["source"] for v in services["prometheus"]["volumes"] if v["type"] == "bind"]
+    assert mounted == [str(ROOT / "deploy/prometheus.yml")]
+    for name, service in parts.items():
+        port = "8080" if name == "api" else service["environment"]["CHIVE_STATUS_PORT"]
+        assert service["restart"] == "unless-stopped", name
+        assert service["depends_on"]["init-topics"]["condition"] == (
+            "service_completed_successfully"
+        )
+        probe = " ".join(service["healthcheck"]["test"])
+        assert f"http://127.0.0.1:{port}/readyz" in probe, (name, probe)
+        # Every process is scraped: by its address (api, projector) or its DNS name (workers).
+        assert f'"{name}:{port}"' in prometheus or f"- {name}\n" in prometheus, name
+    # Each stateful process keeps its data in a volume of its own.
+    stateful = [
+        "api",
+        "projector",
+        *(f"worker-{k}" for k in ("freshness-scan", "citation-extraction", "governance-sync")),
+    ]
+    volumes = [parts[n]["volumes"][0]["source"] for n in stateful]
+    assert len(set(volumes)) == len(stateful)

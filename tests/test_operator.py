@@ -5,6 +5,7 @@ operation's life in JSON lines, without a token in them."""
 from __future__ import annotations
 
 import json
+import sqlite3
 
 import pytest
 
@@ -91,3 +92,41 @@ async def test_the_log_tells_an_operations_life_without_secrets(service, unique)
     assert all(line["backfill_type"] == "didSync" for line in lines)
     # The CLI sent a fresh JWT with every call; none of them is in the log.
     assert "eyJ" not in service.log_path.read_text()
+
+
+async def test_init_and_an_audit_of_each_projection_where_it_lives(
+    service, fresh_pds, unique, tmp_path
+):
+    did = f"did:plc:audit{unique}"
+    fresh_pds.add_repo(did, {"pub.chive.review.comment": 12})
+    code, out, _ = await run_cli(service.env, "trigger", "didSync", "--did", did, "--watch")
+    assert code == 0, out
+    for projection, count in (("operations", 1), ("records", 12)):
+
+        async def verified(projection=projection, count=count):
+            code, out, _ = await run_cli(
+                service.env, "replay", "--verify", "--projection", projection
+            )
+            summary = json.loads(out.splitlines()[-1]) if code == 0 else {}
+            return summary == {projection: count, "differences": 0}
+
+        await eventually(verified, what=f"the {projection} projection verified")
+    # A data dir with the log and the operations projection only (the API's volume in a
+    # deployment): that projection can be audited there, the whole audit cannot.
+    data = service.env["CHIVE_DATA_DIR"]
+    api_only = tmp_path / "api-volume"
+    api_only.mkdir()
+    # SQLite's online backup gives consistent copies of files a live process writes.
+    for name in ("events.db", "api-operations.db"):
+        with sqlite3.connect(f"{data}/{name}") as src, sqlite3.connect(api_only / name) as dst:
+            src.backup(dst)
+    env = {**service.env, "CHIVE_DATA_DIR": str(api_only)}
+    code, out, _ = await run_cli(env, "replay", "--verify", "--projection", "operations")
+    assert code == 0 and json.loads(out.splitlines()[-1])["differences"] == 0, out
+    code, _, err = await run_cli(env, "replay", "--verify")
+    assert code == 2 and "no live records projection" in err
+    # `init` creates the topics of a new log and exits.
+    fresh = {**service.env, "CHIVE_DATA_DIR": str(tmp_path / "new")}
+    code, _, err = await run_cli(fresh, "init")
+    assert code == 0 and "topics ready with 3 partitions" in err
+    assert (tmp_path / "new" / "events.db").exists()
