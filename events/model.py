@@ -177,7 +177,7 @@ Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 def _completed_v1_to_v2(raw: dict[str, Any]) -> dict[str, Any]:
-    # v1 had no skip count: nothing was counted as skipped then.
+    """v1 had no records_skipped: nothing was counted as skipped then, so it is 0."""
     return {**raw, "records_skipped": 0}
 
 
