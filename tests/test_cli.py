@@ -83,6 +83,8 @@ async def test_token_events_and_stats(tmp_path, plc, fresh_pds, unique):
     assert lines[-1]["event"]["event_type"] == "BackfillCompleted"
     assert lines[-1]["headers"]["backfill_type"] == "didSync"
     code, out, _ = await run_cli(service.env, "events", "--records")
-    assert code == 0 and len(out.splitlines()) == 5
+    kinds = [json.loads(line)["event"]["event_type"] for line in out.splitlines()]
+    # The five records, then the repo's revision (read whole with getRepo).
+    assert code == 0 and sorted(kinds) == ["RecordUpserted"] * 5 + ["RepoSynced"]
     code, _, err = await run_cli({**service.env, "CHIVE_EVENT_LOG": "redis"}, "events")
     assert code == 2 and "sqlite or kafka" in err
