@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from importlib import metadata
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 
 from events import model
 from events.log import Entry, EventLog, LogUnavailable
@@ -19,6 +21,7 @@ from projections.runner import ProjectionRunner
 from services.api import xrpc
 from services.api.auth import ServiceAuth
 from services.api.lexicon import Lexicons
+from services.api.openapi import openapi
 from services.api.params import backfill_params, dedupe_key
 from services.api.views import operation_view
 from services.api.xrpc import Call, XrpcServer, invalid_request
@@ -158,6 +161,12 @@ class Api:
 
 def create_app(api: Api, lexicons: Lexicons, auth: ServiceAuth, limiter: RateLimiter) -> FastAPI:
     app = FastAPI(title="chive-backfill", docs_url=None, redoc_url=None, openapi_url=None)
+    document = openapi(lexicons, version=_version())
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi_document() -> JSONResponse:
+        return JSONResponse(document)
+
     server = XrpcServer(lexicons, auth.require_admin, limiter)
     server.method(TRIGGER, api.trigger)
     server.method(STATUS, api.status)
@@ -165,3 +174,10 @@ def create_app(api: Api, lexicons: Lexicons, auth: ServiceAuth, limiter: RateLim
     server.method(CANCEL, api.cancel)
     xrpc.mount(app, server)
     return app
+
+
+def _version() -> str:
+    try:
+        return metadata.version("chive-backfill")
+    except metadata.PackageNotFoundError:
+        return "0"

@@ -39,6 +39,12 @@ class Lexicons:
             raise FileNotFoundError(f"no lexicon documents in {directory}")
         return cls(docs)
 
+    def nsids(self) -> list[str]:
+        return sorted(self._docs)
+
+    def document(self, nsid: str) -> dict[str, Any]:
+        return self._docs[nsid]
+
     def main(self, nsid: str) -> dict[str, Any] | None:
         doc = self._docs.get(nsid)
         return doc["defs"]["main"] if doc else None
