@@ -82,6 +82,8 @@ class ProjectionRunner:
         self._name = name
         self._positions: dict[int, int] = {}
         self._advanced = Pulse()
+        # Fired only when a batch was folded (the state changed), not on every idle poll.
+        self._folded = Pulse()
         self._caught_up_at = float("-inf")
         # Why the log cannot be read now (None while it can).
         self._outage: str | None = None
@@ -140,6 +142,7 @@ class ProjectionRunner:
         await apply_isolated(self._projection, messages, self._park)
         self._positions.update(positions_after(messages))
         self._advanced.fire()
+        self._folded.fire()
 
     async def _park(self, poison: list[tuple[Message, str]]) -> None:
         """Dead-letter first, durably, so skipping an event never loses it."""
@@ -173,6 +176,10 @@ class ProjectionRunner:
                 return False
             await self._advanced.wait(remaining)
         return True
+
+    async def wait_folded(self, timeout: float) -> bool:
+        """True once a batch was folded within `timeout` seconds (the state may have changed)."""
+        return await self._folded.wait(timeout)
 
     def passed(self, position: Position) -> bool:
         return self._positions.get(position.partition, 0) > position.offset

@@ -21,7 +21,7 @@ from projections.rebuild import Reindexer
 from projections.records import RecordIndex
 from projections.runner import ProjectionRunner
 from services import outbound, status
-from services.api import http_server
+from services.api import admin_page, http_server
 from services.api.app import Api, create_app
 from services.api.auth import ServiceAuth
 from services.api.lexicon import Lexicons
@@ -123,6 +123,16 @@ def fetch_policy(settings: Settings) -> outbound.Policy:
     )
 
 
+def _local_minter(settings: Settings) -> Callable[[str], str] | None:
+    """Tokens of the local admin key for the admin page, when that key is the admin."""
+    if settings.admin_dids:
+        return None
+    key = local_admin_key(settings)
+    return lambda lxm: keys.mint_service_jwt(
+        key, iss=key.public.did_key(), aud=settings.service_did, lxm=lxm
+    )
+
+
 def admin_dids(settings: Settings) -> frozenset[str]:
     """CHIVE_ADMIN_DIDS, or when unset the local admin key that `chive-backfill token` uses."""
     if settings.admin_dids:
@@ -160,6 +170,7 @@ async def run_api(
         api = Api(event_log, store, projection, settings.stall_after_s, append_timeout_s)
         app = create_app(api, Lexicons.load(), auth, RateLimiter(settings.rate_limit_per_minute))
         status.add_routes(app, obs.health, obs.metrics, obs.refresh)
+        admin_page.add_routes(app, api, auth, _local_minter(settings))
         sock = http_server.listen(settings.host, settings.port)
         server = http_server.server(app, settings.max_connections)
         tasks = [

@@ -103,6 +103,16 @@ class Api:
             "operation": self._view(op) if op is not None else operation_view(fold(None, event))
         }
 
+    methods = (TRIGGER, STATUS, HISTORY, CANCEL)
+
+    async def watched(self) -> list[dict[str, Any]]:
+        """What the admin page follows: every running operation and the newest finished."""
+        running, _ = await self.store.list(statuses=("running",), type=None, limit=100, cursor=None)
+        done, _ = await self.store.list(
+            statuses=tuple(sorted(TERMINAL)), type=None, limit=20, cursor=None
+        )
+        return [self._view(op) for op in running + done]
+
     def _view(self, op) -> dict[str, Any]:
         return operation_view(op, model.now_ms(), self.stall_after_s * 1000)
 
