@@ -256,11 +256,13 @@ async def test_oversized_pages_and_records(tmp_path, plc, fresh_pds, unique):
         big, "pub.chive.review.comment", "3kbig", {"body": "x" * (1024 * 1024 + 10)}
     )
     fresh_pds.faults.overfill = 150  # a listRecords page with more records than asked for
+    fresh_pds.faults.no_get_repo = True  # so the repo is read page by page
     settings = settings_for(tmp_path / "data", admin, plc.url)
     async with running_service(settings, admin) as client:
         done = await client.wait_finished((await client.trigger(type="didSync", did=crowded))["id"])
         assert done["status"] == "failed" and "for a page of 100" in done["error"], done
         fresh_pds.faults.overfill = 0
+        fresh_pds.faults.no_get_repo = False  # read whole: the big record is refused there too
         done = await client.wait_finished((await client.trigger(type="didSync", did=big))["id"])
         assert done["status"] == "completed", done
         assert done["recordsProcessed"] == 3 and done["recordsSkipped"] == 1, done
@@ -495,12 +497,15 @@ async def test_refusals_are_not_retried(listener):
 
 
 def test_httpx_is_not_used_directly_for_outbound_fetches():
-    """Every outbound client is built by services/outbound.py (its policy on each connection)."""
+    """Every outbound client is built by services/outbound.py (its policy on each connection).
+    The one exception is the CLI's client of this service's own API, at the URL its operator
+    gives (admin_client.py): it fetches nothing on anyone else's behalf."""
     root = Path(__file__).resolve().parents[1] / "services"
     offenders = [
         str(p.relative_to(root))
         for p in root.rglob("*.py")
-        if "httpx.AsyncClient(" in p.read_text() and p.name != "outbound.py"
+        if "httpx.AsyncClient(" in p.read_text()
+        and p.name not in ("outbound.py", "admin_client.py")
     ]
     assert offenders == []
 

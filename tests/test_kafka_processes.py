@@ -36,11 +36,13 @@ def groups_split(logs: dict[str, Path]) -> bool:
     that would move an operation between replicas on its own."""
     latest: dict[str, set[int]] = {}
     for name, path in logs.items():
-        lines = [
-            line
+        # The processes log JSON lines (their output is a file, not a terminal).
+        messages = [
+            json.loads(line).get("message", "")
             for line in path.read_text().splitlines()
-            if "services.workers.runner" in line and ": assigned partitions [" in line
+            if line.startswith("{")
         ]
+        lines = [m for m in messages if ": assigned partitions [" in m]
         if not lines:
             return False
         latest[name] = set(json.loads(lines[-1].rsplit("assigned partitions ", 1)[1]))
