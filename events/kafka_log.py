@@ -54,6 +54,9 @@ class KafkaEventLog:
         self._heartbeat_interval_ms = heartbeat_interval_ms
         self._producer: AIOKafkaProducer | None = None
         self._rebuilding = asyncio.Lock()
+        # Started on first use, for end offsets and group offsets (metrics).
+        self._offsets: AIOKafkaConsumer | None = None
+        self._admin: AIOKafkaAdminClient | None = None
 
     async def start(self) -> None:
         self._producer = await self._new_producer()
@@ -77,6 +80,41 @@ class KafkaEventLog:
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
+        if self._offsets is not None:
+            await self._offsets.stop()
+            self._offsets = None
+        if self._admin is not None:
+            await self._admin.close()
+            self._admin = None
+
+    async def end_offsets(self, topic: str) -> dict[int, int]:
+        tps = [TopicPartition(self._ns + topic, p) for p in range(self.partitions)]
+        try:
+            async with asyncio.timeout(self._request_timeout_ms / 1000):
+                if self._offsets is None:
+                    consumer = self._consumer(None)
+                    await consumer.start()
+                    self._offsets = consumer
+                ends = await self._offsets.end_offsets(tps)
+        except (KafkaError, TimeoutError) as exc:
+            raise LogUnavailable(f"end offsets of {topic}: {exc or type(exc).__name__}") from exc
+        return {tp.partition: offset for tp, offset in ends.items()}
+
+    async def committed(self, group: str, topic: str) -> dict[int, int]:
+        try:
+            async with asyncio.timeout(self._request_timeout_ms / 1000):
+                if self._admin is None:
+                    admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers)
+                    await admin.start()
+                    self._admin = admin
+                offsets = await self._admin.list_consumer_group_offsets(self._ns + group)
+        except (KafkaError, TimeoutError) as exc:
+            raise LogUnavailable(f"offsets of {group}: {exc or type(exc).__name__}") from exc
+        return {
+            tp.partition: meta.offset
+            for tp, meta in offsets.items()
+            if tp.topic == self._ns + topic and meta.offset >= 0
+        }
 
     async def ensure_topics(self, topics: Sequence[str]) -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers)

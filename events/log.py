@@ -88,6 +88,13 @@ class EventLog(Protocol):
 
     def reader(self, topic: str, start: dict[int, int] | None = None) -> Reader: ...
 
+    async def end_offsets(self, topic: str) -> dict[int, int]:
+        """Per partition, the offset the next record appended will get."""
+
+    async def committed(self, group: str, topic: str) -> dict[int, int]:
+        """Per partition, the offset a group has committed (partitions it never committed are
+        absent)."""
+
     def group_consumer(
         self,
         topic: str,

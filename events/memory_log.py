@@ -61,6 +61,9 @@ class MemoryEventLog:
     def reader(self, topic: str, start: dict[int, int] | None = None) -> LocalReader:
         return LocalReader(self, topic, dict(start or {}))
 
+    async def end_offsets(self, topic: str) -> dict[int, int]:
+        return {p: await self.end(topic, p) for p in range(self.partitions)}
+
     def group_consumer(
         self,
         topic: str,

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 from events import dlq, model
 from events.kafka_log import KafkaEventLog
-from events.log import EventLog
+from events.log import EventLog, LogUnavailable
 from events.sqlite_log import SqliteEventLog
 from projections import index_location
 from projections.index_reader import FollowingIndex
@@ -43,7 +43,7 @@ from services.workers import (
 from services.workers.context import Limits, Services
 from services.workers.grobid import Grobid
 from services.workers.pdf_text import PdfTextPool
-from services.workers.runner import Handler, WorkerService
+from services.workers.runner import Handler, WorkerService, group_name
 from services.workers.xrpc_client import RetryPolicy, XrpcClient
 
 log = logging.getLogger(__name__)
@@ -82,13 +82,45 @@ class Observability:
     metrics: Metrics = field(default_factory=Metrics)
     health: Health = field(default_factory=Health)
     refresh: list[Refresh] = field(default_factory=list)
+    # name -> (runner, topic) of each projection of this process; its worker types' groups.
+    projections: dict[str, tuple[ProjectionRunner, str]] = field(default_factory=dict)
+    groups: list[str] = field(default_factory=list)
+    _log_watched: bool = False
 
-    def watch_projection(self, runner: ProjectionRunner, name: str) -> None:
+    def watch_projection(self, runner: ProjectionRunner, name: str, topic: str) -> None:
         self.health.add(lambda: runner.readiness(READY_LAG_S))
+        self.projections[name] = (runner, topic)
+
+    def watch_log(self, event_log: EventLog) -> None:
+        """Positions, lags and the DLQ's size, read at each scrape (once per process)."""
+        if self._log_watched:
+            return
+        self._log_watched = True
+        m = self.metrics
 
         async def positions() -> None:
-            for partition, offset in runner.positions.items():
-                self.metrics.projection_position.labels(name, str(partition)).set(offset)
+            ends: dict[str, dict[int, int]] = {}
+            for name, (runner, _topic) in self.projections.items():
+                for partition, offset in runner.positions.items():
+                    m.projection_position.labels(name, str(partition)).set(offset)
+            try:
+                for topic in (model.OPERATIONS_TOPIC, model.RECORDS_TOPIC, dlq.DLQ_TOPIC):
+                    ends[topic] = await event_log.end_offsets(topic)
+                committed = {
+                    g: await event_log.committed(g, model.OPERATIONS_TOPIC) for g in self.groups
+                }
+            except LogUnavailable:
+                return  # /readyz says so; the lags keep their last values
+            m.dlq_size.set(sum(ends[dlq.DLQ_TOPIC].values()))
+            for name, (runner, topic) in self.projections.items():
+                folded = runner.positions
+                for partition, end in ends[topic].items():
+                    lag = end - folded.get(partition, 0)
+                    m.projection_lag.labels(name, str(partition)).set(lag)
+            for group, offsets in committed.items():
+                for partition, end in ends[model.OPERATIONS_TOPIC].items():
+                    lag = end - offsets.get(partition, 0)
+                    m.consumer_lag.labels(group, str(partition)).set(lag)
 
         self.refresh.append(positions)
 
@@ -151,7 +183,8 @@ async def run_api(
     store = OperationsStore(settings.data_dir / "api-operations.db")
     await store.open()
     projection = ProjectionRunner(event_log, store, "operations")
-    obs.watch_projection(projection, "operations")
+    obs.watch_projection(projection, "operations", model.OPERATIONS_TOPIC)
+    obs.watch_log(event_log)
     operations = obs.metrics.observe_operations(settings.stall_after_s * 1000)
 
     async def operations_snapshot() -> None:
@@ -240,7 +273,7 @@ async def run_workers(
             stack.push_async_callback(index.close)
             runner = index_runner or ProjectionRunner(event_log, index, "worker-records")
             if own_replica:
-                obs.watch_projection(runner, "worker-records")
+                obs.watch_projection(runner, "worker-records", model.RECORDS_TOPIC)
                 tasks.append(asyncio.create_task(runner.run(stop), name="worker-records"))
         policy = RetryPolicy(attempts=settings.source_attempts, timeout_s=settings.source_timeout_s)
         pdf = None
@@ -267,6 +300,8 @@ async def run_workers(
         workers = [WorkerService(t, HANDLERS[t], services) for t in types]
         for worker in workers:
             obs.health.add(worker.readiness)
+            obs.groups.append(group_name(worker.backfill_type))
+        obs.watch_log(event_log)
         tasks += [
             asyncio.create_task(w.run(stop), name=f"worker-{w.backfill_type}") for w in workers
         ]
@@ -302,11 +337,13 @@ async def run_projector(
     Without one, this process owns the index, and runs the workers that work on it."""
     obs = obs or Observability()
     if projector is not None:
-        obs.watch_projection(projector.runner, "records")
+        obs.watch_projection(projector.runner, "records", model.RECORDS_TOPIC)
+        obs.watch_log(event_log)
         await projector.runner.run(stop)
         return
     projector = records_projection(settings, event_log)
-    obs.watch_projection(projector.runner, "records")
+    obs.watch_projection(projector.runner, "records", model.RECORDS_TOPIC)
+    obs.watch_log(event_log)
     index = projector.index
     await index.open()
     tasks = [

@@ -49,6 +49,23 @@ class Metrics:
             ["projection", "partition"],
             registry=self.registry,
         )
+        self.projection_lag = Gauge(
+            "chive_backfill_projection_lag",
+            "Events appended that a projection of this process has not folded yet.",
+            ["projection", "partition"],
+            registry=self.registry,
+        )
+        self.consumer_lag = Gauge(
+            "chive_backfill_consumer_lag",
+            "Operation events a worker type's consumer group has not committed past.",
+            ["group", "partition"],
+            registry=self.registry,
+        )
+        self.dlq_size = Gauge(
+            "chive_backfill_dlq_size",
+            "Events parked in the dead-letter topic.",
+            registry=self.registry,
+        )
         self._operations: _OperationsCollector | None = None
 
     def source_request(self, url: str, outcome: str) -> None:
@@ -156,3 +173,9 @@ class CountedLog:
 
     def group_consumer(self, topic, group, on_assigned=None, on_revoked=None):
         return self._inner.group_consumer(topic, group, on_assigned, on_revoked)
+
+    async def end_offsets(self, topic: str) -> dict[int, int]:
+        return await self._inner.end_offsets(topic)
+
+    async def committed(self, group: str, topic: str) -> dict[int, int]:
+        return await self._inner.committed(group, topic)

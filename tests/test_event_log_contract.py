@@ -129,6 +129,26 @@ async def test_group_commit_is_where_the_next_member_resumes(log, unique):
         await second.stop()
 
 
+async def test_end_offsets_and_a_groups_committed_offsets(log, unique):
+    assert await log.end_offsets(log.topic) == dict.fromkeys(range(PARTITIONS), 0)
+    positions = await log.append(log.topic, entries(9))
+    ends = await log.end_offsets(log.topic)
+    assert sum(ends.values()) == 9
+    assert all(ends[p.partition] > p.offset for p in positions)
+    group = f"g.{unique}"
+    assert await log.committed(group, log.topic) == {}
+    consumer = log.group_consumer(log.topic, group)
+    await consumer.start()
+    try:
+        await read_all(consumer, 9)
+        partition = positions[0].partition
+        await eventually(lambda: partition in consumer.assignment(), what="assignment")
+        await consumer.commit({partition: 1})
+    finally:
+        await consumer.stop()
+    assert await log.committed(group, log.topic) == {partition: 1}
+
+
 async def test_group_member_is_told_its_partitions(log, unique):
     assigned: set[int] = set()
 

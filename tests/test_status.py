@@ -159,3 +159,43 @@ def settings(tmp_path, plc, admin):
     from testkit.harness import settings_for
 
     return settings_for(tmp_path / "data", admin, plc.url)
+
+
+def total(got: dict, name: str, **labels: str) -> float:
+    return sum(
+        v
+        for (n, ls), v in got.items()
+        if n == name and set(labels.items()) <= set(dict(ls).items())
+    )
+
+
+async def test_lags_and_the_dead_letters_are_measured(settings, admin, fresh_pds, unique):
+    did = f"did:plc:lag{unique}"
+    fresh_pds.add_repo(did, {"pub.chive.review.comment": 20})
+    async with running_service(settings, admin) as client:
+        op = await client.trigger(type="didSync", did=did)
+        assert (await client.wait_finished(op["id"]))["status"] == "completed"
+
+        async def settled():
+            got = await scrape(client.http)
+            lags = [
+                total(got, "chive_backfill_projection_lag", projection=p)
+                for p in ("operations", "records")
+            ]
+            group = "chive-backfill.worker.didSync"
+            consumer = total(got, "chive_backfill_consumer_lag", group=group)
+            return got if lags == [0, 0] and consumer == 0 else None
+
+        got = await eventually(settled, what="no lag once the work is done")
+        assert got["chive_backfill_dlq_size", ()] == 0
+        async with bootstrap.open_log(settings) as log:
+            await log.append(
+                model.RECORDS_TOPIC,
+                [Entry("at://did:plc:x/pub.chive.a.b/c", b"not json", {"event_type": "X"})],
+            )
+
+        async def parked():
+            got = await scrape(client.http)
+            return got["chive_backfill_dlq_size", ()] >= 1
+
+        await eventually(parked, what="the poison event counted in the DLQ")
