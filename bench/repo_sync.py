@@ -37,50 +37,20 @@ from projections.records import RecordIndex
 from projections.runner import ProjectionRunner
 from services import outbound
 from services.atproto import car, repo
-from services.atproto.identity import DidResolver
-from services.settings import Settings
 from services.workers import did_sync, freshness_scan
-from services.workers.context import Limits, Services, WorkContext
 from services.workers.repo_scan import scan_repo
 from services.workers.repo_sync import read_repo
-from services.workers.xrpc_client import RetryPolicy, XrpcClient
 from testkit.atproto_reference import reference_atproto
+from testkit.handlers import LOOPBACK, services_for, work_context
 from testkit.proxy import CuttableProxy
 from testkit.servers import FakePds, FakePlc
-
-LOOPBACK = outbound.Policy(allow_private=True)
-
-
-def services_for(fetcher, plc_url: str, log: MemoryEventLog, **extra) -> Services:
-    """What a worker process holds: one long-lived fetcher; a fresh DID cache per run."""
-    return Services(
-        log,
-        XrpcClient(fetcher, RetryPolicy(attempts=2, timeout_s=60)),
-        DidResolver(fetcher, plc_url, 10.0, fresh_interval_s=0),
-        limits=Limits.of(Settings()),
-        **extra,
-    )
-
-
-def work_context(services: Services, kind: str, params: dict) -> WorkContext:
-    async def nowhere(_event) -> None:
-        pass
-
-    return WorkContext(
-        operation_id="bench",
-        backfill_type=kind,
-        params=params,
-        checkpoint=None,
-        services=services,
-        append_operation_event=nowhere,
-    )
 
 
 async def ingest(fetcher, plc_url: str, pds_url: str, dids: list[str], path: str):
     """(seconds, record events appended) reading `dids` one after the other by `path`."""
     log = MemoryEventLog(6)
     await log.start()
-    ctx = work_context(services_for(fetcher, plc_url, log), "didSync", {})
+    ctx = work_context(services_for(fetcher, plc_url, log, attempts=2, timeout_s=60), "didSync", {})
 
     async def appended(_n: int) -> None:
         pass

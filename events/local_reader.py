@@ -83,13 +83,25 @@ class LocalGroupConsumer(LocalReader):
         await self._store.commit(self._group, self._topic, offsets)
 
 
-def group_consumer(
-    store: Store,
-    topic: str,
-    group: str,
-    on_assigned: PartitionsCallback | None,
-    on_revoked: PartitionsCallback | None,
-) -> LocalGroupConsumer:
-    # Every member holds every partition, so on_revoked never fires.
-    del on_revoked
-    return LocalGroupConsumer(store, topic, group, on_assigned)
+class LocalLog:
+    """The reading half of the port for a local log; the adapter provides the Store methods
+    (fetch, end, wait_for_append, committed, commit) and `partitions`."""
+
+    partitions: int
+
+    def reader(self, topic: str, start: dict[int, int] | None = None) -> LocalReader:
+        return LocalReader(self, topic, dict(start or {}))
+
+    async def end_offsets(self, topic: str) -> dict[int, int]:
+        return {p: await self.end(topic, p) for p in range(self.partitions)}
+
+    def group_consumer(
+        self,
+        topic: str,
+        group: str,
+        on_assigned: PartitionsCallback | None = None,
+        on_revoked: PartitionsCallback | None = None,
+    ) -> LocalGroupConsumer:
+        # Every member holds every partition, so on_revoked never fires.
+        del on_revoked
+        return LocalGroupConsumer(self, topic, group, on_assigned)

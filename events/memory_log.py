@@ -10,13 +10,12 @@ import time
 import zlib
 from collections.abc import Sequence
 
-from events import local_reader
-from events.local_reader import LocalGroupConsumer, LocalReader
-from events.log import Entry, LogUnavailable, Message, PartitionsCallback, Position
+from events.local_reader import LocalLog
+from events.log import Entry, LogUnavailable, Message, Position
 from events.pulse import Pulse
 
 
-class MemoryEventLog:
+class MemoryEventLog(LocalLog):
     def __init__(self, partitions: int) -> None:
         self.partitions = partitions
         self._topics: dict[str, list[list[Message]]] = {}
@@ -57,21 +56,6 @@ class MemoryEventLog:
         # A real log answers after a round trip: other tasks run in between, as they would.
         await asyncio.sleep(0)
         return positions
-
-    def reader(self, topic: str, start: dict[int, int] | None = None) -> LocalReader:
-        return LocalReader(self, topic, dict(start or {}))
-
-    async def end_offsets(self, topic: str) -> dict[int, int]:
-        return {p: await self.end(topic, p) for p in range(self.partitions)}
-
-    def group_consumer(
-        self,
-        topic: str,
-        group: str,
-        on_assigned: PartitionsCallback | None = None,
-        on_revoked: PartitionsCallback | None = None,
-    ) -> LocalGroupConsumer:
-        return local_reader.group_consumer(self, topic, group, on_assigned, on_revoked)
 
     # -- what its readers read (events/local_reader.py) -------------------------------------
     async def fetch(self, topic: str, partition: int, offset: int, limit: int) -> list[Message]:

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import aiosqlite
 
-from events import local_reader
-from events.local_reader import LocalGroupConsumer, LocalReader
-from events.log import Entry, LogUnavailable, Message, PartitionsCallback, Position
+from events.local_reader import LocalLog
+from events.log import Entry, LogUnavailable, Message, Position
 from events.pulse import Pulse
 
 _SCHEMA = """
@@ -43,7 +42,7 @@ def partition_for(key: str, partitions: int) -> int:
     return zlib.crc32(key.encode()) % partitions
 
 
-class SqliteEventLog:
+class SqliteEventLog(LocalLog):
     def __init__(self, path: Path, partitions: int) -> None:
         self.path = path
         self.partitions = partitions
@@ -165,21 +164,6 @@ class SqliteEventLog:
                 [(group, topic, p, o) for p, o in offsets.items()],
             )
             await self._write.commit()
-
-    def reader(self, topic: str, start: dict[int, int] | None = None) -> LocalReader:
-        return LocalReader(self, topic, dict(start or {}))
-
-    async def end_offsets(self, topic: str) -> dict[int, int]:
-        return {p: await self.end(topic, p) for p in range(self.partitions)}
-
-    def group_consumer(
-        self,
-        topic: str,
-        group: str,
-        on_assigned: PartitionsCallback | None = None,
-        on_revoked: PartitionsCallback | None = None,
-    ) -> LocalGroupConsumer:
-        return local_reader.group_consumer(self, topic, group, on_assigned, on_revoked)
 
 
 async def _connect(path: Path) -> aiosqlite.Connection:

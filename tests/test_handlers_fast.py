@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 
-import msgspec
 import pytest
 
 from events import model
@@ -15,18 +14,14 @@ from projections.records import RecordIndex
 from projections.runner import ProjectionRunner
 from services import outbound
 from services.atproto import car, keys
-from services.atproto.identity import DidResolver
-from services.settings import Settings
 from services.workers import did_sync, freshness_scan
-from services.workers.context import Limits, OperationFailed, Services, WorkContext
+from services.workers.context import OperationFailed
 from services.workers.repo_sync import UNVERIFIED
-from services.workers.xrpc_client import RetryPolicy, XrpcClient
 from testkit import repo_car
+from testkit.handlers import LOOPBACK, services_for, work_context
 from testkit.servers import cid_for
 
 pytestmark = pytest.mark.unit
-
-LOOPBACK = outbound.Policy(allow_private=True)
 
 
 async def run_did_sync(log, plc, did: str, checkpoint=None):
@@ -35,28 +30,12 @@ async def run_did_sync(log, plc, did: str, checkpoint=None):
 
 async def run_handler(handler, kind, params, log, plc, checkpoint=None, **services_extra):
     progress: list[model.BackfillProgressed] = []
-
-    async def append(event):
-        progress.append(event)
-
     async with outbound.Fetcher(LOOPBACK) as fetcher:
-        services = Services(
-            log,
-            XrpcClient(fetcher, RetryPolicy(attempts=1, timeout_s=5)),
-            DidResolver(fetcher, plc.url, 5.0),
-            # A progress event per page, so each page's checkpoint can be looked at.
-            limits=msgspec.structs.replace(Limits.of(Settings()), progress_records=1),
-            **services_extra,
+        # A progress event per page, so each page's checkpoint can be looked at.
+        services = services_for(
+            fetcher, plc.url, log, limits={"progress_records": 1}, **services_extra
         )
-        ctx = WorkContext(
-            operation_id="op-1",
-            backfill_type=kind,
-            params=params,
-            checkpoint=checkpoint,
-            services=services,
-            append_operation_event=append,
-        )
-        outcome = await handler(ctx)
+        outcome = await handler(work_context(services, kind, params, checkpoint, progress))
     return outcome, progress
 
 
