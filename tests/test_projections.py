@@ -363,6 +363,11 @@ def test_a_user_citation_wins_over_the_extracted_one_it_gives():
     }
 
 
+def at(t: int, cls, **fields):
+    """An event of time `t` (its id too, so folds see the same event every run)."""
+    return cls(event_id=f"e{t}", operation_id="op", occurred_at=t, **fields)
+
+
 async def test_a_batch_folds_to_the_same_index_as_its_events_one_by_one(tmp_path):
     """Regrouping a batch's statements by kind changes nothing: random upserts, deletes,
     citation sets and repo revisions over a few uris, folded as one batch and one by one."""
@@ -379,10 +384,9 @@ async def test_a_batch_folds_to_the_same_index_as_its_events_one_by_one(tmp_path
                 {"title": title, "abstract": "x", "doi": f"10.1234/{t % 5}"}
             )
             events.append(
-                model.RecordUpserted(
-                    event_id=f"e{t}",
-                    operation_id="op",
-                    occurred_at=t,
+                at(
+                    t,
+                    model.RecordUpserted,
                     uri=uri,
                     did=did,
                     collection=collection,
@@ -393,10 +397,9 @@ async def test_a_batch_folds_to_the_same_index_as_its_events_one_by_one(tmp_path
             )
         elif kind < 0.7:
             events.append(
-                model.RecordDeleted(
-                    event_id=f"e{t}",
-                    operation_id="op",
-                    occurred_at=t,
+                at(
+                    t,
+                    model.RecordDeleted,
                     uri=uri,
                     did=did,
                     collection=collection,
@@ -405,10 +408,9 @@ async def test_a_batch_folds_to_the_same_index_as_its_events_one_by_one(tmp_path
             )
         elif kind < 0.9:
             events.append(
-                model.CitationsExtracted(
-                    event_id=f"e{t}",
-                    operation_id="op",
-                    occurred_at=t,
+                at(
+                    t,
+                    model.CitationsExtracted,
                     uri=uri,
                     did=did,
                     document_cid="d",
@@ -418,10 +420,9 @@ async def test_a_batch_folds_to_the_same_index_as_its_events_one_by_one(tmp_path
             )
         else:
             events.append(
-                model.RepoSynced(
-                    event_id=f"e{t}",
-                    operation_id="op",
-                    occurred_at=t,
+                at(
+                    t,
+                    model.RepoSynced,
                     uri=f"at://{did}",
                     did=did,
                     pds="https://pds.example",
