@@ -82,6 +82,15 @@ def test_wheel_install_serves_a_backfill(tmp_path):
                 return False
 
         wait_until(up, timeout=60, what="the installed service to answer")
+        # The admin page's files and the OpenAPI document ship in the wheel.
+        page = httpx.get(f"{base}/admin/backfill")
+        assert page.status_code == 200 and "Chive backfill" in page.text
+        script = httpx.get(f"{base}/admin/backfill/static/admin.js")
+        assert script.status_code == 200 and "EventSource" in script.text
+        assert (
+            "/xrpc/pub.chive.admin.triggerBackfill"
+            in httpx.get(f"{base}/openapi.json").json()["paths"]
+        )
 
         def token(lxm: str) -> str:
             return subprocess.run(
