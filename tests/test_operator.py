@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sqlite3
 
+import httpx
 import pytest
 
 from testkit.broker import free_port
@@ -130,3 +131,22 @@ async def test_init_and_an_audit_of_each_projection_where_it_lives(
     code, _, err = await run_cli(fresh, "init")
     assert code == 0 and "topics ready with 3 partitions" in err
     assert (tmp_path / "new" / "events.db").exists()
+
+
+async def test_the_admin_page_mints_local_tokens_for_localhost_only(service):
+    """In the embedded default the page gets tokens of the local key, but never for a page
+    served under another name (DNS rebinding) or for a method this service does not have."""
+
+    base = f"http://127.0.0.1:{service.env['CHIVE_PORT']}"
+    async with httpx.AsyncClient(base_url=base) as http:
+        url = "/admin/backfill/token"
+        ok = await http.post(url, json={"lxm": "pub.chive.admin.getBackfillStatus"})
+        assert ok.status_code == 200 and ok.json()["token"].count(".") == 2
+        rebound = await http.post(
+            url, json={"lxm": "pub.chive.admin.getBackfillStatus"}, headers={"host": "evil.example"}
+        )
+        assert rebound.status_code == 403 and rebound.json()["error"] == "AdminRequired"
+        other = await http.post(url, json={"lxm": "com.atproto.server.createSession"})
+        assert other.status_code == 400 and other.json()["error"] == "InvalidRequest"
+        page = await http.get("/admin/backfill")
+        assert page.status_code == 200 and "<script" in page.text

@@ -25,6 +25,7 @@ from services.api.auth import ServiceAuth
 from services.atproto.errors import XrpcError
 
 ASSETS = {"admin.js": "text/javascript", "admin.css": "text/css"}
+LOCAL_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
 # A stream sends a comment this often when nothing changed (proxies drop silent streams).
 KEEPALIVE_S = 15.0
 # A stream ends after this long; the page reconnects (with a fresh token).
@@ -57,6 +58,10 @@ def add_routes(
             return _error(403, "AdminRequired", "Paste an admin's service-auth token")
         if not _loopback(request.client.host if request.client else ""):
             return _error(403, "AdminRequired", "Local tokens are minted for this machine only")
+        # A page under another name that resolves to this machine (DNS rebinding) is not
+        # this service's page: it gets no token.
+        if (request.url.hostname or "") not in LOCAL_NAMES:
+            return _error(403, "AdminRequired", "Local tokens are minted for localhost only")
         try:
             body = json.loads(await request.body() or b"{}")
         except ValueError:

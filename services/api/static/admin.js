@@ -11,6 +11,8 @@ const PAGE = Number(new URLSearchParams(location.search).get("pageSize")) || 20;
 let pasted = null; // a pasted token, used for every method
 let local = false; // tokens minted by the local admin key
 const running = new Map(); // id -> operation view
+const finished = new Set(); // ids seen finished: a late answer must not bring one back
+let reload = null;
 const history = { cursors: [undefined], index: 0, next: null };
 let source = null;
 
@@ -116,9 +118,14 @@ function follow() {
     source.addEventListener("operation", (e) => {
       const op = JSON.parse(e.data);
       if (op.status === "running") {
-        running.set(op.id, op);
-      } else if (running.delete(op.id) && history.index === 0) {
-        loadHistory().catch(() => {});
+        if (!finished.has(op.id)) running.set(op.id, op);
+      } else {
+        finished.add(op.id);
+        running.delete(op.id);
+        // The newest history page shows it: reload once for a burst of endings.
+        if (history.index === 0 && reload === null) {
+          reload = setTimeout(() => { reload = null; loadHistory().catch(() => {}); }, 100);
+        }
       }
       renderRunning();
     });
@@ -167,7 +174,10 @@ form.onsubmit = async (event) => {
     const { operation } = await xrpc(M.trigger, { body });
     out.className = "ok";
     out.textContent = "Started " + operation.type + " " + operation.id;
-    if (operation.status === "running") { running.set(operation.id, operation); renderRunning(); }
+    if (operation.status === "running" && !finished.has(operation.id)) {
+      running.set(operation.id, operation);
+      renderRunning();
+    }
   } catch (e) {
     out.className = "error";
     out.textContent = e.error + ": " + e.message;
