@@ -52,16 +52,13 @@ async def ingest(fetcher, plc_url: str, pds_url: str, dids: list[str], path: str
     await log.start()
     ctx = work_context(services_for(fetcher, plc_url, log, attempts=2, timeout_s=60), "didSync", {})
 
-    async def appended(_n: int) -> None:
-        pass
-
     async def on_page(events, _position, _skipped) -> None:
         await ctx.emit_records(events)
 
     start = time.perf_counter()
     for did in dids:
         if path == "getRepo":
-            assert await read_repo(ctx, pds_url, did, appended) is not None
+            assert await read_repo(ctx, pds_url, did) is not None
         else:
             await scan_repo(ctx, pds_url, did, on_page)
     seconds = time.perf_counter() - start

@@ -37,8 +37,9 @@ from services.workers.index_pages import Handled, each_page
 from services.workers.repo_scan import (
     MAX_REPO_PAGES,
     ListedRepo,
-    ListRepos,
     get_record,
+    list_repos_page,
+    tombstone,
 )
 from services.workers.repo_sync import Unverified, read_repo
 from services.workers.xrpc_client import SourceUnavailable, XrpcCallError
@@ -105,19 +106,14 @@ async def by_revision(
             listed[pds] = await list_repos(ctx, pds)
         except SourceUnavailable:
             listed[pds] = f"PDS unreachable: {pds}"
-    limit = asyncio.Semaphore(ctx.services.limits.source_concurrency)
-
-    async def one(did: str) -> tuple[int, int, dict[str, int], bool]:
-        """(records checked, deleted, skip reasons, read by record instead)."""
-        async with limit:
-            return await _check_repo(ctx, index, did, synced[did], listed)
-
+    # CHIVE_SOURCE_CONCURRENCY repos at a time; the checkpoint moves past each batch.
     batch = ctx.services.limits.source_concurrency
     for start in range(0, len(todo), batch):
         ctx.check_cancelled()
         dids = todo[start : start + batch]
+        checks = [_check_repo(ctx, index, did, synced[did], listed) for did in dids]
         for did, (checked, deleted, reasons, fallback) in zip(
-            dids, await asyncio.gather(*(one(d) for d in dids)), strict=True
+            dids, await asyncio.gather(*checks), strict=True
         ):
             state.checked += checked
             state.deleted += deleted
@@ -157,12 +153,8 @@ async def _check_repo(
                 return len(live), 0, {str(exc): len(live)}, False
     # Moved on its PDS, gone from it, or living on another PDS now: read it (again).
     since = stored_rev if pds == stored_pds else None
-
-    async def appended(_count: int) -> None:
-        pass
-
     try:
-        read = await read_repo(ctx, pds, did, appended, since=since, indexed=live)
+        read = await read_repo(ctx, pds, did, since=since, indexed=live)
     except Unverified as exc:
         return len(live), 0, {str(exc): len(live)}, False
     except SourceUnavailable:
@@ -172,7 +164,7 @@ async def _check_repo(
             return len(live), 0, {f"refused: {exc.error}": len(live)}, False
         # The repo is gone: every record of it is.
         await ctx.emit_records(
-            [_deleted(ctx.operation_id, uri, did, k) for k, (uri, _) in sorted(live.items())]
+            [tombstone(ctx.operation_id, uri) for uri, _ in sorted(live.values())]
         )
         return len(live), len(live), {}, False
     if read is None:
@@ -185,25 +177,13 @@ async def list_repos(ctx: WorkContext, pds: str) -> dict[str, ListedRepo]:
     out: dict[str, ListedRepo] = {}
     cursor: str | None = None
     for _ in range(MAX_REPO_PAGES):
-        page = await ctx.services.client.query(
-            pds,
-            "com.atproto.sync.listRepos",
-            {"limit": LIST_REPOS_PAGE, "cursor": cursor},
-            ListRepos,
-        )
+        page = await list_repos_page(ctx.services.client, pds, cursor, LIST_REPOS_PAGE)
         out.update((r.did, r) for r in page.repos)
         # A short page is the last one: no request just to hear that.
-        if len(page.repos) < LIST_REPOS_PAGE or not page.cursor or page.cursor == cursor:
+        if len(page.repos) < LIST_REPOS_PAGE or not page.cursor:
             return out
         cursor = page.cursor
     raise SourceUnavailable(f"{pds} kept paging listRepos past {MAX_REPO_PAGES} pages")
-
-
-def _deleted(operation_id: str, uri: str, did: str, key: str) -> model.RecordDeleted:
-    collection, rkey = key.split("/", 1)
-    return model.new_event(
-        model.RecordDeleted, operation_id, uri=uri, did=did, collection=collection, rkey=rkey
-    )
 
 
 async def by_record(
@@ -238,14 +218,7 @@ async def by_record(
             except XrpcCallError as exc:
                 circuit.failures = 0
                 if exc.error in GONE:
-                    return "deleted", model.new_event(
-                        model.RecordDeleted,
-                        ctx.operation_id,
-                        uri=record.uri,
-                        did=record.did,
-                        collection=record.collection,
-                        rkey=record.rkey,
-                    )
+                    return "deleted", tombstone(ctx.operation_id, record.uri)
                 return f"refused: {exc.error}", None
         circuit.failures = 0
         if fetched.cid == record.cid:

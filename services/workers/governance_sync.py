@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import msgspec
 
-from events import model
 from services.workers.context import (
     OperationFailed,
     Outcome,
@@ -22,7 +21,7 @@ from services.workers.context import (
     from_checkpoint,
     to_checkpoint,
 )
-from services.workers.repo_scan import RepoPosition, scan_repo
+from services.workers.repo_scan import RepoPosition, scan_repo, tombstone
 from services.workers.xrpc_client import SourceUnavailable, XrpcCallError
 
 GRAPH = ["pub.chive.graph.node", "pub.chive.graph.edge"]
@@ -63,7 +62,7 @@ async def run(ctx: WorkContext) -> Outcome:
             state.phase = "delete"
             await ctx.progress(state.count, to_checkpoint(state), force=True)
         ctx.check_cancelled()
-        await ctx.emit_records([_delete(ctx.operation_id, uri) for uri in state.planned_deletes])
+        await ctx.emit_records([tombstone(ctx.operation_id, uri) for uri in state.planned_deletes])
     except SourceUnavailable as exc:
         raise OperationFailed(f"governance PDS {pds_url} unreachable: {exc}") from exc
     except XrpcCallError as exc:
@@ -99,10 +98,3 @@ async def _gone(ctx: WorkContext, pds_url: str, did: str) -> list[str]:
     index = await caught_up_index(ctx)
     live = set(await index.live_uris(did, GRAPH))
     return sorted(live - listed)
-
-
-def _delete(operation_id: str, uri: str) -> model.RecordDeleted:
-    _, _, did, collection, rkey = uri.split("/", 4)
-    return model.new_event(
-        model.RecordDeleted, operation_id, uri=uri, did=did, collection=collection, rkey=rkey
-    )

@@ -25,7 +25,7 @@ from services.workers.context import (
     from_checkpoint,
     to_checkpoint,
 )
-from services.workers.repo_scan import MAX_REPO_PAGES, ListRepos, RepoPosition, scan_repo
+from services.workers.repo_scan import MAX_REPO_PAGES, RepoPosition, list_repos_page, scan_repo
 from services.workers.repo_sync import UNVERIFIED, Unverified, read_repo
 from services.workers.xrpc_client import SourceUnavailable, XrpcCallError
 
@@ -84,18 +84,7 @@ async def _scan_pds(ctx, pds_url, state: Checkpoint, in_flight, report) -> None:
     pages = 0
     while True:
         ctx.check_cancelled()
-        page = await client.query(
-            pds_url,
-            "com.atproto.sync.listRepos",
-            {"limit": REPOS_PAGE, "cursor": state.page_cursor},
-            ListRepos,
-        )
-        if len(page.repos) > REPOS_PAGE:
-            raise SourceUnavailable(
-                f"{pds_url} answered {len(page.repos)} repos for a page of {REPOS_PAGE}"
-            )
-        if page.repos and page.cursor is not None and page.cursor == state.page_cursor:
-            raise SourceUnavailable(f"{pds_url} returned the same listRepos cursor twice")
+        page = await list_repos_page(client, pds_url, state.page_cursor, REPOS_PAGE)
         pages += 1
         if pages > MAX_REPO_PAGES:
             raise SourceUnavailable(f"{pds_url} kept paging listRepos past {MAX_REPO_PAGES} pages")

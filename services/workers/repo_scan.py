@@ -174,6 +174,29 @@ def invalid_value(value: bytes) -> str | None:
     return None
 
 
+def tombstone(operation_id: str, uri: str) -> model.RecordDeleted:
+    """The tombstone of the record at `uri` (at://did/collection/rkey)."""
+    _, _, did, collection, rkey = uri.split("/", 4)
+    return model.new_event(
+        model.RecordDeleted, operation_id, uri=uri, did=did, collection=collection, rkey=rkey
+    )
+
+
+async def list_repos_page(
+    client: XrpcClient, pds_url: str, cursor: str | None, limit: int
+) -> ListRepos:
+    """One listRepos page; SourceUnavailable for a page no PDS should answer (more repos than
+    asked for, the same cursor handed back)."""
+    page = await client.query(
+        pds_url, "com.atproto.sync.listRepos", {"limit": limit, "cursor": cursor}, ListRepos
+    )
+    if len(page.repos) > limit:
+        raise SourceUnavailable(f"{pds_url} answered {len(page.repos)} repos for a page of {limit}")
+    if page.repos and page.cursor is not None and page.cursor == cursor:
+        raise SourceUnavailable(f"{pds_url} returned the same listRepos cursor twice")
+    return page
+
+
 def _upsert(
     record: ListedRecord, did: str, collection: str, operation_id: str
 ) -> model.RecordUpserted:

@@ -21,7 +21,7 @@ from services.atproto import keys, repo
 from services.atproto.identity import signing_key_method
 from services.atproto.syntax import is_nsid, is_rkey
 from services.workers.context import OperationFailed, WorkContext, resolve
-from services.workers.repo_scan import CHIVE_PREFIX, Validator, get_record, invalid_value
+from services.workers.repo_scan import CHIVE_PREFIX, get_record, invalid_value, tombstone
 from services.workers.xrpc_client import XrpcCallError
 
 # Record events appended per batch while a repository is emitted.
@@ -38,7 +38,6 @@ class Unverified(Exception):
 class RepoRead(msgspec.Struct):
     records: int
     skipped: list[str]
-    rev: str
     deleted: int = 0
 
 
@@ -64,9 +63,8 @@ async def read_repo(
     ctx: WorkContext,
     pds_url: str,
     did: str,
-    appended: Appended,
+    appended: Appended | None = None,
     *,
-    validate: Validator | None = None,
     since: str | None = None,
     indexed: dict[str, tuple[str, str]] | None = None,
 ) -> RepoRead | None:
@@ -93,7 +91,7 @@ async def read_repo(
     del data
     events: list[model.RecordEvent] = []
     skipped: list[str] = []
-    count = deleted = 0
+    count = removed = 0
     present: set[str] = set()
 
     async def flush() -> None:
@@ -103,7 +101,8 @@ async def read_repo(
             await ctx.emit_records(events)
             count += sum(isinstance(e, model.RecordUpserted) for e in events)
             events.clear()
-            await appended(count)
+            if appended is not None:
+                await appended(count)
 
     for entry in verified.entries:
         if not entry.collection.startswith(CHIVE_PREFIX):
@@ -113,7 +112,7 @@ async def read_repo(
         cid = str(entry.cid)
         if indexed is not None and indexed.get(key_path, ("", ""))[1] == cid:
             continue  # unchanged
-        event, reason = await _upsert(ctx, pds_url, did, entry, cid, validate)
+        event, reason = await _upsert(ctx, pds_url, did, entry, cid)
         if reason is not None:
             skipped.append(reason)
         elif event is not None:
@@ -123,24 +122,22 @@ async def read_repo(
     if indexed is not None:
         for key_path, (uri, _cid) in sorted(indexed.items()):
             if key_path not in present and not verified.is_unchanged(key_path):
-                collection, rkey = key_path.split("/", 1)
-                events.append(_delete(ctx.operation_id, uri, did, collection, rkey))
-                deleted += 1
-    await flush()
-    await ctx.emit_records(
-        [
-            model.new_event(
-                model.RepoSynced,
-                ctx.operation_id,
-                uri=f"at://{did}",
-                did=did,
-                pds=pds_url,
-                rev=verified.rev,
-                commit=str(verified.commit),
-            )
-        ]
+                events.append(tombstone(ctx.operation_id, uri))
+                removed += 1
+    # The revision last, with the last records: it is recorded only once they all are.
+    events.append(
+        model.new_event(
+            model.RepoSynced,
+            ctx.operation_id,
+            uri=f"at://{did}",
+            did=did,
+            pds=pds_url,
+            rev=verified.rev,
+            commit=str(verified.commit),
+        )
     )
-    return RepoRead(records=count, skipped=skipped, rev=verified.rev, deleted=deleted)
+    await flush()
+    return RepoRead(records=count, skipped=skipped, deleted=removed)
 
 
 async def _upsert(
@@ -149,7 +146,6 @@ async def _upsert(
     did: str,
     entry: repo.Entry,
     cid: str,
-    validate: Validator | None,
 ) -> tuple[model.RecordUpserted | None, str | None]:
     """(the upsert, or the reason the record is skipped)."""
     uri = f"at://{did}/{entry.collection}/{entry.rkey}"
@@ -173,8 +169,6 @@ async def _upsert(
         reason: str | None = "uri does not name a record of this repo and collection"
     else:
         reason = invalid_value(value)
-    if reason is None and validate is not None:
-        reason = validate(entry.collection, msgspec.Raw(value))
     if reason is not None:
         return None, reason
     event = model.new_event(
@@ -188,9 +182,3 @@ async def _upsert(
         value=msgspec.Raw(value),
     )
     return event, None
-
-
-def _delete(operation_id: str, uri: str, did: str, collection: str, rkey: str):
-    return model.new_event(
-        model.RecordDeleted, operation_id, uri=uri, did=did, collection=collection, rkey=rkey
-    )
