@@ -155,14 +155,18 @@ def fetch_policy(settings: Settings) -> outbound.Policy:
     )
 
 
-def _local_minter(settings: Settings) -> Callable[[str], str] | None:
-    """Tokens of the local admin key for the admin page, when that key is the admin."""
-    if settings.admin_dids:
-        return None
+def local_minter(settings: Settings) -> Callable[..., str]:
+    """`mint(lxm, ttl_s=60)`: a service-auth token of the local admin key for this service
+    (what `chive-backfill token`, the CLI's API calls and the admin page send)."""
     key = local_admin_key(settings)
-    return lambda lxm: keys.mint_service_jwt(
-        key, iss=key.public.did_key(), aud=settings.service_did, lxm=lxm
-    )
+    issuer = key.public.did_key()
+
+    def mint(lxm: str, ttl_s: int = 60) -> str:
+        return keys.mint_service_jwt(
+            key, iss=issuer, aud=settings.service_did, lxm=lxm, ttl_s=ttl_s
+        )
+
+    return mint
 
 
 def admin_dids(settings: Settings) -> frozenset[str]:
@@ -203,7 +207,9 @@ async def run_api(
         api = Api(event_log, store, projection, settings.stall_after_s, append_timeout_s)
         app = create_app(api, Lexicons.load(), auth, RateLimiter(settings.rate_limit_per_minute))
         status.add_routes(app, obs.health, obs.metrics, obs.refresh)
-        admin_page.add_routes(app, api, auth, _local_minter(settings))
+        # The page gets local tokens only where the local key is the admin.
+        page_minter = None if settings.admin_dids else local_minter(settings)
+        admin_page.add_routes(app, api, auth, page_minter)
         sock = http_server.listen(settings.host, settings.port)
         server = http_server.server(app, settings.max_connections)
         tasks = [

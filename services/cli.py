@@ -17,7 +17,6 @@ from events import model
 from events.log import read_to_end
 from projections import index_location
 from services import bootstrap, logs
-from services.atproto import keys
 from services.atproto.service_auth import MAX_TOKEN_LIFETIME_S
 from services.settings import SettingsError, load
 
@@ -194,12 +193,10 @@ async def _async_main(settings, args) -> int:
 
 
 def _token(settings, args) -> int:
-    key = bootstrap.local_admin_key(settings)
-    did = key.public.did_key()
     # A service-auth token names one method (lxm); a token without one is refused.
-    lxm = args.lxm
-    print(keys.mint_service_jwt(key, iss=did, aud=settings.service_did, lxm=lxm, ttl_s=args.ttl))
-    print(f"issuer {did}, lxm {lxm}, valid {args.ttl}s", file=sys.stderr)
+    print(bootstrap.local_minter(settings)(args.lxm, args.ttl))
+    issuer = bootstrap.local_admin_key(settings).public.did_key()
+    print(f"issuer {issuer}, lxm {args.lxm}, valid {args.ttl}s", file=sys.stderr)
     return 0
 
 
@@ -212,18 +209,8 @@ async def _client_command(settings, args) -> int:
 
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
     url = args.url or f"http://{host}:{settings.port}"
-    if args.token:
-        token = args.token
-
-        def signer(_method: str) -> str:
-            return token
-    else:
-        key = bootstrap.local_admin_key(settings)
-
-        def signer(method: str) -> str:
-            return keys.mint_service_jwt(
-                key, iss=key.public.did_key(), aud=settings.service_did, lxm=method
-            )
+    token = args.token
+    signer = (lambda _method: token) if token else bootstrap.local_minter(settings)
 
     def emit(result) -> None:
         if args.json:
@@ -261,8 +248,9 @@ async def _client_command(settings, args) -> int:
                 return 0
             elif args.command == "cancel":
                 cancelled = await client.cancel(args.id)
-                emit({"id": args.id, "cancelled": cancelled} if args.json else None)
-                if not args.json:
+                if args.json:
+                    emit({"id": args.id, "cancelled": cancelled})
+                else:
                     print("cancel requested" if cancelled else "already finished")
                 return 0 if cancelled else 1
             else:
