@@ -18,6 +18,7 @@ from events.log import read_to_end
 from projections import index_location
 from services import bootstrap, logs
 from services.atproto.service_auth import MAX_TOKEN_LIFETIME_S
+from services.observability import Observability
 from services.settings import SettingsError, load
 
 METHODS = (
@@ -176,7 +177,7 @@ async def _async_main(settings, args) -> int:
     if args.command == "up":
         await bootstrap.run_all(settings, stop)
         return 0
-    obs = bootstrap.Observability()
+    obs = Observability()
     async with bootstrap.open_log(settings, obs.metrics) as event_log:
         if args.command == "api":
             await bootstrap.run_api(settings, event_log, stop, obs=obs)

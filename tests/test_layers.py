@@ -32,6 +32,7 @@ FORBIDDEN = {
     "services.health": ("services.api", "services.workers", "services.atproto", *TOP),
     "services.metrics": ("services.api", "services.workers", "services.atproto", *TOP),
     "services.status": ("services.api", "services.workers", "services.atproto", *TOP),
+    "services.observability": ("services.api", "services.workers", "services.atproto", *TOP),
     "services.admin_client": ("services.api", "services.workers", *TOP),
     "services.api": ("services.workers", *TOP),
     "services.workers": ("services.api", *TOP),
