@@ -20,7 +20,7 @@ import asyncio
 import ipaddress
 import socket
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -158,14 +158,18 @@ class Fetcher:
         params: dict | None = None,
         max_bytes: int,
         deadline_s: float,
+        into: Callable[[bytes], None] | None = None,
     ) -> Fetched:
         """One GET under the policy: FetchRefused for what it forbids, TimeoutError past the
-        deadline, httpx.HTTPError for transport failures."""
+        deadline, httpx.HTTPError for transport failures. `into`: where a 200 answer's body
+        goes as it streams in, piece by piece (the Fetched body is then empty); the deadline
+        counts the time `into` takes."""
         self.policy.check_url(url)
         try:
             async with asyncio.timeout(deadline_s):
                 async with self.http.stream("GET", url, params=params) as response:
-                    body = await read_capped(response, max_bytes)
+                    sink = into if response.status_code == 200 else None
+                    body = await read_capped(response, max_bytes, sink)
                     return Fetched(response.status_code, response.headers, body)
         except httpx.ConnectError as exc:
             if isinstance(exc.__cause__, _Refused):
@@ -190,23 +194,38 @@ def _decoder(encoding: str):
     raise FetchRefused(f"unsupported content-encoding {encoding!r}")
 
 
-async def read_capped(response: httpx.Response, max_bytes: int) -> bytes:
-    """The decoded body, refused as soon as it would pass `max_bytes`."""
+async def read_capped(
+    response: httpx.Response, max_bytes: int, into: Callable[[bytes], None] | None = None
+) -> bytes:
+    """The decoded body, refused as soon as it would pass `max_bytes`; with `into`, handed to
+    it piece by piece instead (and b"" returned)."""
     declared = response.headers.get("content-length")
     encoding = response.headers.get("content-encoding", "").strip().lower()
     if declared is not None and declared.isdigit() and not encoding and int(declared) > max_bytes:
         raise ResponseTooLarge(f"response of {declared} bytes is over the {max_bytes} cap")
     decoder = _decoder(encoding)
     out = bytearray()
+    take = out.extend if into is None else into
+    total = 0
     async for chunk in response.aiter_raw():
         if decoder is None:
-            out += chunk
-        else:
-            pending = chunk
-            while pending and len(out) <= max_bytes:
-                # Never inflate more than one byte past the cap.
-                out += decoder.decompress(pending, max_bytes + 1 - len(out))
-                pending = decoder.unconsumed_tail
-        if len(out) > max_bytes:
-            raise ResponseTooLarge(f"response is over the {max_bytes}-byte cap")
+            total += len(chunk)
+            if total > max_bytes:
+                break
+            take(chunk)
+            continue
+        pending = chunk
+        while pending and total <= max_bytes:
+            # Never inflate more than one byte past the cap.
+            piece = decoder.decompress(pending, max_bytes + 1 - total)
+            total += len(piece)
+            if total > max_bytes:
+                break
+            if piece:
+                take(piece)
+            pending = decoder.unconsumed_tail
+        if total > max_bytes:
+            break
+    if total > max_bytes:
+        raise ResponseTooLarge(f"response is over the {max_bytes}-byte cap")
     return bytes(out)

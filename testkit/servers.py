@@ -21,7 +21,7 @@ import uvicorn
 from pypdf import PdfReader
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from services.atproto import car, keys
@@ -98,6 +98,9 @@ class Faults:
     no_get_repo: bool = False
     # getRepo serves the CAR through this (tampering tests): (did, car bytes) -> bytes.
     car_filter: Any = None
+    # The next getRepo answers send this many bytes of the CAR, then wait this long (past the
+    # client's deadline) before the rest: a download cut off midway.
+    car_stalls: list[tuple[int, float]] = field(default_factory=list)
 
 
 class FakePds:
@@ -244,6 +247,15 @@ class FakePds:
         data, _, _ = self.repo_car(did)
         if self.faults.car_filter is not None:
             data = self.faults.car_filter(did, data)
+        if self.faults.car_stalls:
+            sent, stall = self.faults.car_stalls.pop(0)
+
+            async def halting():
+                yield data[:sent]
+                await asyncio.sleep(stall)
+                yield data[sent:]
+
+            return StreamingResponse(halting(), media_type="application/vnd.ipld.car")
         return Response(data, media_type="application/vnd.ipld.car")
 
     async def describe_repo(self, request: Request) -> Response:

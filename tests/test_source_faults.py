@@ -45,6 +45,19 @@ async def test_get_repo_timeouts_and_errors_are_retried(settings, admin, fresh_p
     assert fresh_pds.calls["getRepo"] == 3
 
 
+async def test_a_repo_cut_off_midway_is_read_again_from_its_start(
+    settings, admin, fresh_pds, unique
+):
+    # The CAR is read as it arrives; the retry after a cut must start a fresh read, not carry
+    # on from the blocks of the attempt that failed.
+    fresh_pds.add_repo(f"did:plc:m{unique}", {"pub.chive.graph.node": 150})
+    fresh_pds.faults.car_stalls = [(3000, 2.5)]
+    done = await scan(settings, admin, fresh_pds)
+    assert done["status"] == "completed", done
+    assert done["recordsProcessed"] == 150 and "skipReasons" not in done
+    assert fresh_pds.faults.car_stalls == [] and fresh_pds.calls["getRepo"] == 2
+
+
 async def test_timeouts_truncated_and_non_json_bodies_are_retried(
     settings, admin, fresh_pds, unique
 ):

@@ -9,6 +9,7 @@ sha2-256 multihash.
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from hashlib import sha256
 from typing import Any
 
@@ -19,7 +20,10 @@ RAW = 0x55
 SHA2_256 = 0x12
 _B32 = "abcdefghijklmnopqrstuvwxyz234567"
 _B32_PAIRS = [a + b for a in _B32 for b in _B32]
-_CID_PREFIXES = {bytes([1, DAG_CBOR, SHA2_256, 32]), bytes([1, RAW, SHA2_256, 32])}
+_DAG_CBOR_CID = bytes([1, DAG_CBOR, SHA2_256, 32])
+_RAW_CID = bytes([1, RAW, SHA2_256, 32])
+_CID_PREFIXES = {_DAG_CBOR_CID, _RAW_CID}
+_DAG_CBOR_LINK, _RAW_LINK = b"\x00" + _DAG_CBOR_CID, b"\x00" + _RAW_CID
 
 
 class CarError(ValueError):
@@ -68,40 +72,106 @@ def parse_cid(text: str) -> Cid:
     return Cid(raw)
 
 
+class CarReader:
+    """A CAR read as its bytes arrive: `feed` them in pieces of any size; each whole block is
+    checked against its CID and handed to `on_block` at once (so decoding overlaps the
+    download); `close` when the bytes end. The header (and so `roots`) comes before any
+    block."""
+
+    def __init__(self, on_block: Callable[[Cid, bytes], None]) -> None:
+        self.roots: list[Cid] | None = None
+        self._on_block = on_block
+        self._buffer = bytearray()
+
+    def feed(self, chunk: bytes | memoryview) -> None:
+        self._buffer += chunk
+        with memoryview(self._buffer) as view:
+            used = self._frames(view)
+        del self._buffer[:used]
+
+    def close(self) -> list[Cid]:
+        """The roots; CarError if the bytes ended inside the header or a block."""
+        if self.roots is None:
+            raise CarError("truncated CAR header")
+        if self._buffer:
+            raise CarError("truncated CAR block")
+        return self.roots
+
+    def _frames(self, view: memoryview) -> int:
+        """Reads every whole frame in `view`; how many bytes they took."""
+        pos, end = 0, len(view)
+        if self.roots is None:
+            framed = _frame(view, 0)
+            if framed is None:
+                return 0
+            length, start = framed
+            if length == 0:
+                raise CarError("truncated CAR header")
+            if start + length > end:
+                return 0  # the rest of the header is still on its way
+            self.roots = _roots(decode(bytes(view[start : start + length])))
+            pos = start + length
+        on_block = self._on_block
+        while pos < end:
+            first = view[pos]
+            if first < 0x80:  # most blocks are small or medium: one or two length bytes
+                length, start = first, pos + 1
+            elif pos + 1 < end and view[pos + 1] < 0x80:
+                length, start = (first & 0x7F) | (view[pos + 1] << 7), pos + 2
+            else:
+                framed = _frame(view, pos)
+                if framed is None:
+                    break
+                length, start = framed
+            if length < 36:
+                raise CarError("truncated CAR block")
+            if start + length > end:
+                break  # the rest of this block is still on its way
+            cid = Cid(view[start : start + 36])
+            # _check_cid's rule, inline (once per block, without slicing a copy).
+            if not cid.startswith(_DAG_CBOR_CID) and not cid.startswith(_RAW_CID):
+                raise CarError("only CID v1, dag-cbor or raw, sha2-256 are accepted")
+            block = bytes(view[start + 36 : start + length])
+            if not cid.endswith(sha256(block).digest()):
+                raise CarError("a block does not match its CID")
+            on_block(cid, block)
+            pos = start + length
+        return pos
+
+
 def read_car(data: bytes | memoryview) -> tuple[list[Cid], dict[Cid, bytes]]:
-    """(roots, blocks by CID). Every block's bytes hash to its CID, or CarError."""
-    view = memoryview(data)
-    header_len, pos = _varint(view, 0)
-    if header_len == 0 or pos + header_len > len(view):
-        raise CarError("truncated CAR header")
-    header = decode(bytes(view[pos : pos + header_len]))
-    pos += header_len
+    """(roots, blocks by CID) of a whole CAR. Every block's bytes hash to its CID, or
+    CarError."""
+    blocks: dict[Cid, bytes] = {}
+    reader = CarReader(blocks.__setitem__)
+    reader.feed(data)
+    return reader.close(), blocks
+
+
+def _roots(header: Any) -> list[Cid]:
     if not isinstance(header, dict) or header.get("version") != 1:
         raise CarError("not a CAR v1 file")
     roots = header.get("roots")
     if not isinstance(roots, list) or not all(isinstance(r, Cid) for r in roots):
         raise CarError("CAR header without roots")
-    blocks: dict[Cid, bytes] = {}
-    end = len(view)
-    while pos < end:
-        first = view[pos]
-        if first < 0x80:  # most blocks are small or medium: one or two length bytes
-            length, pos = first, pos + 1
-        elif pos + 1 < end and view[pos + 1] < 0x80:
-            length, pos = (first & 0x7F) | (view[pos + 1] << 7), pos + 2
-        else:
-            length, pos = _varint(view, pos)
-        if length < 36 or pos + length > end:
-            raise CarError("truncated CAR block")
-        cid = Cid(view[pos : pos + 36])
-        if cid[:4] not in _CID_PREFIXES:  # _check_cid's rule, inline: once per block
-            raise CarError("only CID v1, dag-cbor or raw, sha2-256 are accepted")
-        block = bytes(view[pos + 36 : pos + length])
-        if sha256(block).digest() != cid[4:]:
-            raise CarError("a block does not match its CID")
-        blocks[cid] = block
-        pos += length
-    return roots, blocks
+    return roots
+
+
+def _frame(view: memoryview, pos: int) -> tuple[int, int] | None:
+    """(length, where the frame's bytes start) of the frame at `pos`; None when its length
+    has not all arrived yet."""
+    value = shift = 0
+    while True:
+        if shift > 56:
+            raise CarError("oversized varint")
+        if pos >= len(view):
+            return None
+        byte = view[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
 
 
 def decode(block: bytes) -> Any:
@@ -132,16 +202,30 @@ def _tagged(value: Any) -> Any:
 
 def to_json(value: Any) -> Any:
     """The JSON form of a decoded record (the AT Protocol data model): links as
-    {"$link": cid}, bytes as {"$bytes": base64}."""
-    if isinstance(value, Cid):
+    {"$link": cid}, bytes as {"$bytes": base64}. Maps and lists that hold neither come back
+    as they are (most records are strings and numbers all through: one pass, no copy)."""
+    kind = type(value)
+    if kind is dict:
+        changed = None
+        for k, v in value.items():
+            if type(v) not in _JSON_AS_IS:
+                converted = to_json(v)
+                if converted is not v:
+                    if changed is None:
+                        changed = dict(value)
+                    changed[k] = converted
+        return value if changed is None else changed
+    if kind is list:
+        items = [to_json(v) if type(v) not in _JSON_AS_IS else v for v in value]
+        return value if all(a is b for a, b in zip(items, value, strict=True)) else items
+    if kind is Cid:
         return {"$link": str(value)}
-    if isinstance(value, bytes):  # Cid is handled above
+    if kind is bytes:
         return {"$bytes": base64.b64encode(value).decode().rstrip("=")}
-    if isinstance(value, dict):
-        return {k: to_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [to_json(v) for v in value]
     return value
+
+
+_JSON_AS_IS = frozenset({str, int, bool, float, type(None)})
 
 
 def _tag(*args: Any) -> Any:
@@ -150,28 +234,16 @@ def _tag(*args: Any) -> Any:
     if tag.tag != 42:
         raise CarError("a CBOR tag other than 42 (link) is not DAG-CBOR")
     value = tag.value
-    # b"\x00" (the identity multibase), then the CID.
-    if not isinstance(value, bytes) or value[:1] != b"\x00":
+    # b"\x00" (the identity multibase), then the CID; _check_cid's rule, inline (this runs for
+    # every link of every tree node).
+    if type(value) is not bytes or value[:1] != b"\x00":
         raise CarError("malformed link")
-    cid = Cid(value[1:])
-    _check_cid(cid)
-    return cid
+    if len(value) != 37 or not (value.startswith(_DAG_CBOR_LINK) or value.startswith(_RAW_LINK)):
+        raise CarError("only CID v1, dag-cbor or raw, sha2-256 are accepted")
+    return Cid(value[1:])
 
 
 def _check_cid(raw: bytes) -> None:
     """Only what repositories use: CID v1, dag-cbor or raw, a sha2-256 digest."""
     if len(raw) != 36 or raw[:4] not in _CID_PREFIXES:
         raise CarError("only CID v1, dag-cbor or raw, sha2-256 are accepted")
-
-
-def _varint(view: memoryview, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(view) or shift > 56:
-            raise CarError("truncated or oversized varint")
-        byte = view[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7

@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from services.atproto import car
 from services.atproto.car import CarError, Cid
 from services.atproto.keys import PublicKey
@@ -27,13 +29,19 @@ class RepoInvalid(ValueError):
     """The repository does not verify: signature, tree or blocks."""
 
 
+# An Entry's value when its block is not a DAG-CBOR map: no record (invalid_value refuses it).
+NOT_A_MAP = b""
+
+
 @dataclass(slots=True)
 class Entry:
     collection: str
     rkey: str
     cid: Cid
-    # The record's block when the CAR holds it (a diff may not: unchanged since `since`).
-    block: bytes | None
+    cid_text: str
+    # The record in its JSON form; None when the CAR does not hold it (a diff: unchanged since
+    # `since`), NOT_A_MAP when its block is not a record.
+    value: bytes | None
 
 
 @dataclass
@@ -50,20 +58,59 @@ class VerifiedRepo:
         return any(low < key and (high is None or key < high) for low, high in self.unchanged)
 
 
+class RepoReader:
+    """A repository read from its CAR as the bytes arrive (`feed`), verified once they have
+    all arrived (`verify`). Records are turned into their JSON form as their blocks come, so
+    that work overlaps the download; the commit and tree nodes are kept as blocks (bytes, which
+    the garbage collector does not scan) until the walk. Nothing is believed before `verify`
+    has checked the signature and walked the tree."""
+
+    def __init__(self) -> None:
+        self._car = car.CarReader(self._block)
+        # The commit and what looks like a tree node, as read.
+        self._blocks: dict[Cid, bytes] = {}
+        # Every other block: (its CID as text, its JSON form or NOT_A_MAP).
+        self._values: dict[Cid, tuple[str, bytes]] = {}
+
+    def feed(self, chunk: bytes | memoryview) -> None:
+        """RepoInvalid as soon as the bytes are not a CAR or a block does not match its CID."""
+        try:
+            self._car.feed(chunk)
+        except CarError as exc:
+            raise RepoInvalid(str(exc)) from None
+
+    def verify(self, did: str, key: PublicKey, *, partial: bool = False) -> VerifiedRepo:
+        """The repository, verified: RepoInvalid when it does not verify. `partial`: a diff,
+        where absent tree nodes and records are allowed (and reported)."""
+        try:
+            roots = self._car.close()
+            if len(roots) != 1 or roots[0] not in self._blocks:
+                raise RepoInvalid("the CAR's root is not its commit")
+            commit = car.decode(self._blocks[roots[0]])
+            _check_commit(commit, did, key)
+            walk = _Walk(self._blocks, self._values, partial)
+            walk.node(commit["data"], "", None, 0)
+        except CarError as exc:
+            raise RepoInvalid(str(exc)) from None
+        return VerifiedRepo(did, commit["rev"], roots[0], walk.entries, walk.unchanged)
+
+    def _block(self, cid: Cid, block: bytes) -> None:
+        roots = self._car.roots
+        # A tree node is a map of "e" and "l"; canonical DAG-CBOR puts "e" first.
+        if block[:3] == _NODE_START or (roots and cid == roots[0]):
+            self._blocks[cid] = block
+        else:
+            self._values[cid] = (str(cid), _json_of(block))
+
+
+_NODE_START = b"\xa2ae"  # a map of two entries, the first keyed "e"
+
+
 def verify(data: bytes, did: str, key: PublicKey, *, partial: bool = False) -> VerifiedRepo:
-    """The repository in `data` (a CAR), verified; RepoInvalid when it does not verify.
-    `partial`: a diff, where absent tree nodes and records are allowed (and reported)."""
-    try:
-        roots, blocks = car.read_car(data)
-        if len(roots) != 1 or roots[0] not in blocks:
-            raise RepoInvalid("the CAR's root is not its commit")
-        commit = car.decode(blocks[roots[0]])
-        _check_commit(commit, did, key)
-        walk = _Walk(blocks, partial)
-        walk.node(commit["data"], "", None, 0)
-    except CarError as exc:
-        raise RepoInvalid(str(exc)) from None
-    return VerifiedRepo(did, commit["rev"], roots[0], walk.entries, walk.unchanged)
+    """The repository in `data` (a whole CAR), verified; RepoInvalid when it does not verify."""
+    reader = RepoReader()
+    reader.feed(data)
+    return reader.verify(did, key, partial=partial)
 
 
 def record_json(block: bytes) -> Any:
@@ -75,6 +122,15 @@ def record_json(block: bytes) -> Any:
     if not isinstance(value, dict):
         raise RepoInvalid("a record is not a map")
     return car.to_json(value)
+
+
+def _json_of(block: bytes) -> bytes:
+    """A record's JSON form; NOT_A_MAP when the block is not a DAG-CBOR map."""
+    try:
+        value = car.decode(block)
+    except CarError:
+        return NOT_A_MAP
+    return msgspec.json.encode(car.to_json(value)) if type(value) is dict else NOT_A_MAP
 
 
 def _check_commit(commit: Any, did: str, key: PublicKey) -> None:
@@ -96,10 +152,14 @@ def _check_commit(commit: Any, did: str, key: PublicKey) -> None:
 
 class _Walk:
     """The tree in key order: every entry checked (keys strictly increasing, each one a
-    `collection/rkey`), its record's block looked up."""
+    `collection/rkey`), its record looked up. (One pass per node: this runs once per record of
+    every repository read.)"""
 
-    def __init__(self, blocks: dict[Cid, bytes], partial: bool) -> None:
+    def __init__(
+        self, blocks: dict[Cid, bytes], values: dict[Cid, tuple[str, bytes]], partial: bool
+    ) -> None:
         self.blocks = blocks
+        self.values = values
         self.partial = partial
         self.entries: list[Entry] = []
         self.unchanged: list[tuple[str, str | None]] = []
@@ -113,6 +173,8 @@ class _Walk:
             raise RepoInvalid("the tree is deeper than any real repository")
         block = self.blocks.get(cid)
         if block is None:
+            if cid in self.values:
+                raise RepoInvalid("a tree node is malformed")
             if not self.partial:
                 raise RepoInvalid("a tree node is missing from the CAR")
             self.unchanged.append((low, high))  # a diff left it out: unchanged since
@@ -120,10 +182,10 @@ class _Walk:
         node = car.decode(block)
         if type(node) is not dict or type(node.get("e")) is not list:
             raise RepoInvalid("a tree node is malformed")
-        entries = node["e"]
-        keys: list[str] = []
+        # The subtree left of the next key: the node's "l" first, then each entry's "t".
+        subtree, before = node.get("l"), low
         previous = b""
-        for entry in entries:
+        for entry in node["e"]:
             if type(entry) is not dict:
                 raise RepoInvalid("a tree entry is malformed")
             prefix, suffix = entry.get("p"), entry.get("k")
@@ -133,18 +195,15 @@ class _Walk:
                 raise RepoInvalid("a tree entry's prefix is longer than the key before it")
             previous = previous[:prefix] + suffix
             try:
-                keys.append(previous.decode("ascii"))
+                key = previous.decode("ascii")
             except UnicodeDecodeError:
                 raise RepoInvalid("a tree key is not ASCII") from None
-        left = node.get("l")
-        if left is not None:
-            self.node(left, low, keys[0] if keys else high, depth + 1)
-        for i, entry in enumerate(entries):
-            self.record(keys[i], entry.get("v"))
-            right = entry.get("t")
-            if right is not None:
-                following = keys[i + 1] if i + 1 < len(keys) else high
-                self.node(right, keys[i], following, depth + 1)
+            if subtree is not None:
+                self.node(subtree, before, key, depth + 1)
+            self.record(key, entry.get("v"))
+            subtree, before = entry.get("t"), key
+        if subtree is not None:
+            self.node(subtree, before, high, depth + 1)
 
     def record(self, key: str, cid: Any) -> None:
         if type(cid) is not Cid:
@@ -152,11 +211,16 @@ class _Walk:
         if key <= self.last:
             raise RepoInvalid("tree keys are not in order")
         self.last = key
-        slash = key.find("/")
-        collection, rkey = key[:slash], key[slash + 1 :]
-        if slash < 1 or not rkey or "/" in rkey:
+        collection, _, rkey = key.partition("/")
+        if not collection or not rkey or "/" in rkey:
             raise RepoInvalid("a tree key is not collection/rkey")
-        block = self.blocks.get(cid)
-        if block is None and not self.partial:
-            raise RepoInvalid("a record is missing from the CAR")
-        self.entries.append(Entry(collection, rkey, cid, block))
+        read = self.values.get(cid)
+        if read is None:
+            block = self.blocks.get(cid)
+            if block is not None:  # a record that starts as a tree node does
+                read = (str(cid), _json_of(block))
+            elif not self.partial:
+                raise RepoInvalid("a record is missing from the CAR")
+            else:
+                read = (str(cid), None)
+        self.entries.append(Entry(collection, rkey, cid, read[0], read[1]))

@@ -11,6 +11,7 @@ against the index is appended: creates, updates, and deletes as tombstones.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 import msgspec
@@ -72,23 +73,22 @@ async def read_repo(
     `since` with `indexed` (the index's live `collection/rkey` -> (uri, cid) of the repo): only
     the diff since that revision. Unverified when it does not verify; XrpcCallError when the
     PDS refuses it (RepoNotFound, deactivated)."""
-    key = await signing_key(ctx, did)
+    # The key is looked up while the repository downloads (and decodes as it comes); nothing
+    # is believed before both are in.
+    fetching = asyncio.ensure_future(_fetch(ctx, pds_url, did, since))
     try:
-        data = await ctx.services.client.bytes_of(
-            pds_url,
-            "com.atproto.sync.getRepo",
-            {"did": did, "since": since},
-            outbound.REPO_BYTES,
-        )
-    except XrpcCallError as exc:
-        if exc.status == 501 or exc.error in ("MethodNotImplemented", "ResponseTooLarge"):
-            return None
+        key = await signing_key(ctx, did)
+        reader = await fetching
+    except BaseException:
+        await _abandon(fetching)
         raise
+    if reader is None:
+        return None
     try:
-        verified = repo.verify(data, did, key, partial=since is not None)
+        verified = reader.verify(did, key, partial=since is not None)
     except repo.RepoInvalid as exc:
         raise Unverified(f"repo did not verify: {exc}") from None
-    del data
+    del reader
     events: list[model.RecordEvent] = []
     skipped: list[str] = []
     count = removed = 0
@@ -104,19 +104,45 @@ async def read_repo(
             if appended is not None:
                 await appended(count)
 
+    collections: dict[str, bool] = {}  # collection -> is it an NSID
     for entry in verified.entries:
-        if not entry.collection.startswith(CHIVE_PREFIX):
+        collection = entry.collection
+        if not collection.startswith(CHIVE_PREFIX):
             continue
-        key_path = f"{entry.collection}/{entry.rkey}"
+        key_path = f"{collection}/{entry.rkey}"
         present.add(key_path)
-        cid = str(entry.cid)
-        if indexed is not None and indexed.get(key_path, ("", ""))[1] == cid:
+        if indexed is not None and indexed.get(key_path, ("", ""))[1] == entry.cid_text:
             continue  # unchanged
-        event, reason = await _upsert(ctx, pds_url, did, entry, cid)
+        value = entry.value
+        if value is None:
+            # A diff left the block out: it was written before `since` (the same content came
+            # back). Read the record itself.
+            value, reason = await _fetch_record(ctx, pds_url, did, entry)
+        else:
+            reason = None
+        if reason is None:
+            if collection not in collections:
+                collections[collection] = is_nsid(collection)
+            if not (collections[collection] and is_rkey(entry.rkey)):
+                reason = "uri does not name a record of this repo and collection"
+            else:
+                reason = invalid_value(value)
         if reason is not None:
             skipped.append(reason)
-        elif event is not None:
-            events.append(event)
+            continue
+        # The DID is the one asked for and verified; the key comes from the tree.
+        events.append(
+            model.new_event(
+                model.RecordUpserted,
+                ctx.operation_id,
+                uri=f"at://{did}/{key_path}",
+                did=did,
+                collection=collection,
+                rkey=entry.rkey,
+                cid=entry.cid_text,
+                value=msgspec.Raw(value),
+            )
+        )
         if len(events) >= CHUNK:
             await flush()
     if indexed is not None:
@@ -140,6 +166,89 @@ async def read_repo(
     return RepoRead(records=count, skipped=skipped, deleted=removed)
 
 
+async def _fetch(
+    ctx: WorkContext, pds_url: str, did: str, since: str | None
+) -> repo.RepoReader | None:
+    """The repository read into a RepoReader as it streams in; None when the PDS does not
+    serve getRepo or the repository is over the cap."""
+    readers: list[repo.RepoReader] = []
+
+    def start() -> Callable[[bytes], None]:
+        readers.append(repo.RepoReader())  # one per attempt: a retry starts over
+        return readers[-1].feed
+
+    try:
+        await ctx.services.client.stream_into(
+            pds_url,
+            "com.atproto.sync.getRepo",
+            {"did": did, "since": since},
+            outbound.REPO_BYTES,
+            start,
+        )
+    except XrpcCallError as exc:
+        if exc.status == 501 or exc.error in ("MethodNotImplemented", "ResponseTooLarge"):
+            return None
+        raise
+    except repo.RepoInvalid as exc:
+        raise Unverified(f"repo did not verify: {exc}") from None
+    return readers[-1]
+
+
+async def _abandon(task: asyncio.Future) -> None:
+    """Cancels `task` and waits for it to end; its outcome no longer matters."""
+    task.cancel()
+    await asyncio.wait([task])
+    if not task.cancelled():
+        task.exception()
+
+
+async def _fetch_record(
+    ctx: WorkContext, pds_url: str, did: str, entry: repo.Entry
+) -> tuple[bytes, str | None]:
+    """(the record's value, or the reason it is skipped), read with getRecord."""
+    try:
+        fetched = await get_record(ctx.services.client, pds_url, did, entry.collection, entry.rkey)
+    except XrpcCallError as exc:
+        return b"", f"refused: {exc.error}"
+    return bytes(fetched.value), None
+
+
+async def _fetch(
+    ctx: WorkContext, pds_url: str, did: str, since: str | None
+) -> repo.RepoReader | None:
+    """The repository read into a RepoReader as it streams in; None when the PDS does not
+    serve getRepo or the repository is over the cap."""
+    readers: list[repo.RepoReader] = []
+
+    def start() -> Callable[[bytes], None]:
+        readers.append(repo.RepoReader())  # one per attempt: a retry starts over
+        return readers[-1].feed
+
+    try:
+        await ctx.services.client.stream_into(
+            pds_url,
+            "com.atproto.sync.getRepo",
+            {"did": did, "since": since},
+            outbound.REPO_BYTES,
+            start,
+        )
+    except XrpcCallError as exc:
+        if exc.status == 501 or exc.error in ("MethodNotImplemented", "ResponseTooLarge"):
+            return None
+        raise
+    except repo.RepoInvalid as exc:
+        raise Unverified(f"repo did not verify: {exc}") from None
+    return readers[-1]
+
+
+async def _abandon(task: asyncio.Future) -> None:
+    """Cancels `task` and waits for it to end; its outcome no longer matters."""
+    task.cancel()
+    await asyncio.wait([task])
+    if not task.cancelled():
+        task.exception()
+
+
 async def _upsert(
     ctx: WorkContext,
     pds_url: str,
@@ -149,7 +258,7 @@ async def _upsert(
 ) -> tuple[model.RecordUpserted | None, str | None]:
     """(the upsert, or the reason the record is skipped)."""
     uri = f"at://{did}/{entry.collection}/{entry.rkey}"
-    if entry.block is None:
+    if entry.value is None:
         # A diff left the block out: it was written before `since` (the same content came
         # back). Read the record itself.
         try:
@@ -160,10 +269,7 @@ async def _upsert(
             return None, f"refused: {exc.error}"
         value = bytes(fetched.value)
     else:
-        try:
-            value = msgspec.json.encode(repo.record_json(entry.block))
-        except repo.RepoInvalid:
-            return None, "value is not an object"
+        value = entry.value
     # The DID is the one asked for and verified; the key comes from the tree.
     if not (is_nsid(entry.collection) and is_rkey(entry.rkey)):
         reason: str | None = "uri does not name a record of this repo and collection"

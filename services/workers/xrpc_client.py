@@ -76,14 +76,21 @@ class XrpcClient:
     ) -> T:
         return await self._get(url, params, max_bytes, lambda b: msgspec.json.decode(b, type=into))
 
-    async def bytes_of(
-        self, base_url: str, nsid: str, params: dict[str, Any], max_bytes: int
-    ) -> bytes:
-        """A query whose answer is not JSON (a CAR): the body, at most `max_bytes`
-        (XrpcCallError "ResponseTooLarge" past it, counted as it streams in)."""
+    async def stream_into(
+        self,
+        base_url: str,
+        nsid: str,
+        params: dict[str, Any],
+        max_bytes: int,
+        start: Callable[[], Callable[[bytes], None]],
+    ) -> None:
+        """A query whose answer is not JSON (a CAR), handed to a consumer as it streams in, at
+        most `max_bytes` (XrpcCallError "ResponseTooLarge" past it). `start()` gives the
+        consumer for each attempt: an attempt that fails midway is retried from the start, into
+        a fresh consumer. What the consumer raises ends the call."""
         url = f"{base_url.rstrip('/')}/xrpc/{nsid}"
         query = {k: v for k, v in params.items() if v is not None}
-        return await self._get(url, query, max_bytes, lambda b: b)
+        await self._get(url, query, max_bytes, lambda _empty: None, start=start)
 
     async def blob(self, base_url: str, did: str, cid: str, max_bytes: int) -> bytes:
         """com.atproto.sync.getBlob; XrpcCallError("BlobTooLarge") past max_bytes (counted as
@@ -106,12 +113,17 @@ class XrpcClient:
         max_bytes: int,
         parse: Callable[[bytes], T],
         too_large: str = "ResponseTooLarge",
+        start: Callable[[], Callable[[bytes], None]] | None = None,
     ) -> T:
         async def attempt() -> T:
             try:
                 response = await request(
                     self._fetcher.fetch(
-                        url, params=params, max_bytes=max_bytes, deadline_s=self.policy.timeout_s
+                        url,
+                        params=params,
+                        max_bytes=max_bytes,
+                        deadline_s=self.policy.timeout_s,
+                        into=None if start is None else start(),
                     )
                 )
             except outbound.ResponseTooLarge as exc:
