@@ -51,9 +51,7 @@ from testkit.proxy import CuttableProxy
 from testkit.servers import FakePds, FakePlc
 
 
-async def ingest(
-    fetcher, plc_url: str, pds_url: str, dids: list[str], path: str, concurrency: int
-):
+async def ingest(fetcher, plc_url: str, pds_url: str, dids: list[str], path: str, concurrency: int):
     """(seconds, record events appended) reading `dids` by `path`, `concurrency` repos at a
     time (as pdsScan does, up to its per-PDS concurrency)."""
     log = MemoryEventLog(6)
