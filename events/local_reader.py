@@ -21,8 +21,9 @@ class Store(Protocol):
     async def fetch(self, topic: str, partition: int, offset: int, limit: int) -> list[Message]:
         """Records of the partition from `offset` on, at most `limit`."""
 
-    async def end(self, topic: str, partition: int) -> int:
-        """The offset the partition's next record will get."""
+    async def ends(self, topic: str) -> dict[int, int]:
+        """Per partition, the offset its next record will get: at once for this process's own
+        appends, and for other processes' as of a recent look (a poll interval at most)."""
 
     async def wait_for_append(self, timeout: float) -> None:
         """Return after an append (or the timeout)."""
@@ -49,7 +50,12 @@ class LocalReader:
         deadline = loop.time() + timeout
         while True:
             out: list[Message] = []
+            ends = await self._store.ends(self._topic)
             for p, offset in self._positions.items():
+                # Only partitions with something new: every append wakes every reader of the
+                # process, and most have nothing to read in most partitions.
+                if offset >= ends.get(p, 0):
+                    continue
                 batch = await self._store.fetch(self._topic, p, offset, BATCH)
                 if batch:
                     self._positions[p] = batch[-1].offset + 1
@@ -60,7 +66,7 @@ class LocalReader:
             await self._store.wait_for_append(remaining)
 
     async def caught_up(self, partition: int) -> bool:
-        return self._positions[partition] >= await self._store.end(self._topic, partition)
+        return self._positions[partition] >= (await self._store.ends(self._topic)).get(partition, 0)
 
 
 class LocalGroupConsumer(LocalReader):
@@ -85,7 +91,7 @@ class LocalGroupConsumer(LocalReader):
 
 class LocalLog:
     """The reading half of the port for a local log; the adapter provides the Store methods
-    (fetch, end, wait_for_append, committed, commit) and `partitions`."""
+    (fetch, ends, wait_for_append, committed, commit) and `partitions`."""
 
     partitions: int
 
@@ -93,7 +99,8 @@ class LocalLog:
         return LocalReader(self, topic, dict(start or {}))
 
     async def end_offsets(self, topic: str) -> dict[int, int]:
-        return {p: await self.end(topic, p) for p in range(self.partitions)}
+        ends = await self.ends(topic)
+        return {p: ends.get(p, 0) for p in range(self.partitions)}
 
     def group_consumer(
         self,

@@ -1,14 +1,17 @@
 """Embedded, durable event log in one SQLite file: the one-machine default.
 
 Same contract as Kafka for what the services use: fixed partitions, per-partition order,
-positions, group offsets. Appends commit with synchronous=FULL before they return. One process
-owns a group here (all partitions go to the one member); scale-out is what Kafka is for.
+positions, group offsets. Appends commit with synchronous=FULL before they return; every write
+goes through one writer thread that commits the writes waiting together (events/sqlite_writer.py),
+reads through an aiosqlite connection of their own. One process owns a group here (all
+partitions go to the one member); scale-out is what Kafka is for.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
 import zlib
 from collections.abc import Sequence
@@ -19,6 +22,7 @@ import aiosqlite
 from events.local_reader import LocalLog
 from events.log import Entry, LogUnavailable, Message, Position
 from events.pulse import Pulse
+from events.sqlite_writer import GroupWriter
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS topics (name TEXT PRIMARY KEY, partitions INTEGER NOT NULL);
@@ -31,6 +35,13 @@ CREATE TABLE IF NOT EXISTS group_offsets (
     grp TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL, offset INTEGER NOT NULL,
     PRIMARY KEY (grp, topic, partition)
 );
+"""
+
+# Each partition's end by its own lookup of the primary key's last entry (a GROUP BY would
+# scan the topic), all in one query.
+_ENDS = """
+WITH RECURSIVE ps(p) AS (SELECT 0 UNION ALL SELECT p + 1 FROM ps WHERE p + 1 < ?)
+SELECT p, (SELECT MAX(offset) + 1 FROM records WHERE topic = ? AND partition = p) FROM ps
 """
 
 # Other processes (the CLI, a second service process) append too; a reader notices their
@@ -46,80 +57,85 @@ class SqliteEventLog(LocalLog):
     def __init__(self, path: Path, partitions: int) -> None:
         self.path = path
         self.partitions = partitions
-        self._write: aiosqlite.Connection | None = None
+        self._writer: GroupWriter | None = None
         self._read: aiosqlite.Connection | None = None
         self._appended = Pulse()
-        self._write_lock = asyncio.Lock()
+        # Per topic: (when the file was last asked, the partitions' end offsets known).
+        self._ends: dict[str, tuple[float, dict[int, int]]] = {}
 
     async def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._write = await _connect(self.path)
-        await self._write.executescript(_SCHEMA)
-        await self._write.commit()
+        writer = GroupWriter(self.path)
+        await writer.open(_SCHEMA)
+        self._writer = writer
         self._read = await _connect(self.path)
 
     async def close(self) -> None:
-        for conn in (self._read, self._write):
-            if conn is not None:
-                await conn.close()
-        self._read = self._write = None
+        if self._read is not None:
+            await self._read.close()
+        if self._writer is not None:
+            await self._writer.close()
+        self._read = self._writer = None
 
     async def ensure_topics(self, topics: Sequence[str]) -> None:
-        assert self._write is not None
-        for name in topics:
-            await self._write.execute(
-                "INSERT OR IGNORE INTO topics (name, partitions) VALUES (?, ?)",
-                (name, self.partitions),
-            )
-            async with self._write.execute(
-                "SELECT partitions FROM topics WHERE name = ?", (name,)
-            ) as cur:
-                (existing,) = await cur.fetchone()
-            if existing != self.partitions:
-                raise ValueError(
-                    f"topic {name} has {existing} partitions, configured {self.partitions}: "
-                    "the partition count is fixed when a log is created"
+        assert self._writer is not None
+        partitions = self.partitions
+
+        def ensure(conn: sqlite3.Connection) -> None:
+            for name in topics:
+                conn.execute(
+                    "INSERT OR IGNORE INTO topics (name, partitions) VALUES (?, ?)",
+                    (name, partitions),
                 )
-        await self._write.commit()
+                (existing,) = conn.execute(
+                    "SELECT partitions FROM topics WHERE name = ?", (name,)
+                ).fetchone()
+                if existing != partitions:
+                    raise ValueError(
+                        f"topic {name} has {existing} partitions, configured {partitions}: "
+                        "the partition count is fixed when a log is created"
+                    )
+
+        await self._writer.write(ensure)
 
     def partition_of(self, key: str) -> int:
         return partition_for(key, self.partitions)
 
     async def append(self, topic: str, entries: Sequence[Entry]) -> list[Position]:
-        if self._write is None:
+        if self._writer is None:
             raise LogUnavailable("event log is closed")
         ts = int(time.time() * 1000)
-        positions: list[Position] = []
-        async with self._write_lock:
-            conn = self._write
-            await conn.execute("BEGIN IMMEDIATE")
-            try:
-                next_offsets: dict[int, int] = {}
-                rows = []
-                for entry in entries:
-                    p = partition_for(entry.key, self.partitions)
-                    if p not in next_offsets:
-                        async with conn.execute(
-                            "SELECT COALESCE(MAX(offset) + 1, 0) FROM records "
-                            "WHERE topic = ? AND partition = ?",
-                            (topic, p),
-                        ) as cur:
-                            (next_offsets[p],) = await cur.fetchone()
-                    offset = next_offsets[p]
-                    next_offsets[p] = offset + 1
-                    rows.append(
-                        (topic, p, offset, entry.key, json.dumps(entry.headers), entry.value, ts)
-                    )
-                    positions.append(Position(p, offset))
-                await conn.executemany(
-                    "INSERT INTO records (topic, partition, offset, key, headers, value, ts) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    rows,
+        partitions = self.partitions
+        entries = list(entries)
+
+        def append(conn: sqlite3.Connection) -> list[Position]:
+            next_offsets: dict[int, int] = {}
+            rows, positions = [], []
+            for entry in entries:
+                p = partition_for(entry.key, partitions)
+                if p not in next_offsets:
+                    (next_offsets[p],) = conn.execute(
+                        "SELECT COALESCE(MAX(offset) + 1, 0) FROM records "
+                        "WHERE topic = ? AND partition = ?",
+                        (topic, p),
+                    ).fetchone()
+                offset = next_offsets[p]
+                next_offsets[p] = offset + 1
+                rows.append(
+                    (topic, p, offset, entry.key, json.dumps(entry.headers), entry.value, ts)
                 )
-                await conn.commit()
-            except BaseException:
-                await conn.rollback()
-                raise
+                positions.append(Position(p, offset))
+            conn.executemany(
+                "INSERT INTO records (topic, partition, offset, key, headers, value, ts) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            return positions
+
+        positions = await self._writer.write(append)
+        # This process's readers see its appends at once, without asking the file.
+        _, ends = self._ends.setdefault(topic, (float("-inf"), {}))
+        for position in positions:
+            ends[position.partition] = max(ends.get(position.partition, 0), position.offset + 1)
         self._appended.fire()
         return positions
 
@@ -135,14 +151,19 @@ class SqliteEventLog(LocalLog):
             Message(topic, partition, o, k, bytes(v), json.loads(h), ts) for o, k, h, v, ts in rows
         ]
 
-    async def end(self, topic: str, partition: int) -> int:
+    async def ends(self, topic: str) -> dict[int, int]:
         assert self._read is not None
-        async with self._read.execute(
-            "SELECT COALESCE(MAX(offset) + 1, 0) FROM records WHERE topic = ? AND partition = ?",
-            (topic, partition),
-        ) as cur:
-            (end,) = await cur.fetchone()
-        return end
+        loop = asyncio.get_running_loop()
+        known = self._ends.get(topic)
+        if known is None or loop.time() - known[0] >= _CROSS_PROCESS_POLL:
+            # What other processes appended since the last look: one query, all partitions.
+            async with self._read.execute(_ENDS, (self.partitions, topic)) as cur:
+                found = {p: end for p, end in await cur.fetchall() if end is not None}
+            known = (loop.time(), self._ends.get(topic, (0.0, {}))[1])
+            for p, end in found.items():
+                known[1][p] = max(end, known[1].get(p, 0))
+            self._ends[topic] = known
+        return dict(known[1])
 
     async def wait_for_append(self, timeout: float) -> None:
         await self._appended.wait(min(timeout, _CROSS_PROCESS_POLL))
@@ -156,14 +177,17 @@ class SqliteEventLog(LocalLog):
             return {p: o for p, o in await cur.fetchall()}
 
     async def commit(self, group: str, topic: str, offsets: dict[int, int]) -> None:
-        assert self._write is not None
-        async with self._write_lock:
-            await self._write.executemany(
+        assert self._writer is not None
+        rows = [(group, topic, p, o) for p, o in offsets.items()]
+
+        def commit(conn: sqlite3.Connection) -> None:
+            conn.executemany(
                 "INSERT INTO group_offsets (grp, topic, partition, offset) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (grp, topic, partition) DO UPDATE SET offset = excluded.offset",
-                [(group, topic, p, o) for p, o in offsets.items()],
+                rows,
             )
-            await self._write.commit()
+
+        await self._writer.write(commit)
 
 
 async def _connect(path: Path) -> aiosqlite.Connection:

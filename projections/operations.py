@@ -9,6 +9,7 @@ changes again; `records_processed` only grows until the final count of a complet
 from __future__ import annotations
 
 import base64
+import sqlite3
 from collections.abc import Iterable
 from typing import Any
 
@@ -155,6 +156,58 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
         raise InvalidCursor("cursor is not one this service issued") from exc
 
 
+def _apply(conn: sqlite3.Connection, events: list[model.OperationEvent]) -> None:
+    cache: dict[str, Operation | None] = {}
+    for event in events:
+        cur = conn.execute(
+            "INSERT OR IGNORE INTO applied_events (event_id) VALUES (?)", (event.event_id,)
+        )
+        if cur.rowcount == 0:
+            continue
+        op_id = event.operation_id
+        if op_id not in cache:
+            cache[op_id] = _load(conn, op_id)
+        if cache[op_id] is None and isinstance(event, model.BackfillRequested):
+            original = duplicate_of(event, _running(conn, event.dedupe_key))
+            if original is not None:
+                conn.execute(
+                    "INSERT OR IGNORE INTO aliases (id, operation_id) VALUES (?, ?)",
+                    (op_id, original.id),
+                )
+                continue
+        new = fold(cache[op_id], event)
+        if new is not None and new is not cache[op_id]:
+            cache[op_id] = new
+            conn.execute(
+                "INSERT INTO operations (id, type, status, started_at, dedupe_key, state) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+                "status = excluded.status, state = excluded.state",
+                (new.id, new.type, new.status, new.started_at, new.dedupe_key, _encode(new)),
+            )
+
+
+def _load(conn: sqlite3.Connection, op_id: str) -> Operation | None:
+    row = conn.execute("SELECT state FROM operations WHERE id = ?", (op_id,)).fetchone()
+    return _decode_operation(row[0]) if row else None
+
+
+def _get(conn: sqlite3.Connection, op_id: str) -> Operation | None:
+    op = _load(conn, op_id)
+    if op is not None:
+        return op
+    row = conn.execute("SELECT operation_id FROM aliases WHERE id = ?", (op_id,)).fetchone()
+    return _load(conn, row[0]) if row else None
+
+
+def _running(conn: sqlite3.Connection, dedupe_key: str) -> list[Operation]:
+    rows = conn.execute(
+        "SELECT state FROM operations WHERE dedupe_key = ? AND status = 'running' "
+        "ORDER BY started_at DESC, id DESC",
+        (dedupe_key,),
+    ).fetchall()
+    return [_decode_operation(r[0]) for r in rows]
+
+
 class OperationsStore(tracking.TrackedStore):
     """SQLite store of the operations projection; positions tracked with the state."""
 
@@ -162,72 +215,36 @@ class OperationsStore(tracking.TrackedStore):
     schema = _SCHEMA
 
     async def apply(self, events: list[model.AnyEvent], positions: dict[int, int]) -> None:
-        """Fold a batch and store `positions` in one transaction."""
-        cache: dict[str, Operation | None] = {}
-        async with self.transaction(positions) as conn:
-            for event in events:
-                if not isinstance(event, model.OperationEvent):
-                    continue
-                cur = await conn.execute(
-                    "INSERT OR IGNORE INTO applied_events (event_id) VALUES (?)", (event.event_id,)
-                )
-                if cur.rowcount == 0:
-                    continue
-                op_id = event.operation_id
-                if op_id not in cache:
-                    cache[op_id] = await self._load(op_id)
-                if cache[op_id] is None and isinstance(event, model.BackfillRequested):
-                    original = duplicate_of(event, await self._running(event.dedupe_key))
-                    if original is not None:
-                        await conn.execute(
-                            "INSERT OR IGNORE INTO aliases (id, operation_id) VALUES (?, ?)",
-                            (op_id, original.id),
-                        )
-                        continue
-                new = fold(cache[op_id], event)
-                if new is not None and new is not cache[op_id]:
-                    cache[op_id] = new
-                    await conn.execute(
-                        "INSERT INTO operations (id, type, status, started_at, dedupe_key, state) "
-                        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
-                        "status = excluded.status, state = excluded.state",
-                        (
-                            new.id,
-                            new.type,
-                            new.status,
-                            new.started_at,
-                            new.dedupe_key,
-                            _encode(new),
-                        ),
-                    )
-
-    async def _load(self, op_id: str) -> Operation | None:
-        async with self.conn.execute("SELECT state FROM operations WHERE id = ?", (op_id,)) as cur:
-            row = await cur.fetchone()
-        return _decode_operation(row[0]) if row else None
+        """Fold a batch and store `positions` in one transaction (one hop: the API waits on
+        this fold to answer reads of its own writes)."""
+        batch = [e for e in events if isinstance(e, model.OperationEvent)]
+        await self.commit_in_one_hop(positions, lambda conn: _apply(conn, batch))
 
     async def get(self, op_id: str) -> Operation | None:
         """The operation, by its id or by the id of a request that duplicated it."""
-        op = await self._load(op_id)
-        if op is not None:
-            return op
-        async with self.conn.execute(
-            "SELECT operation_id FROM aliases WHERE id = ?", (op_id,)
-        ) as cur:
-            row = await cur.fetchone()
-        return await self._load(row[0]) if row else None
-
-    async def _running(self, dedupe_key: str) -> list[Operation]:
-        async with self.conn.execute(
-            "SELECT state FROM operations WHERE dedupe_key = ? AND status = 'running' "
-            "ORDER BY started_at DESC, id DESC",
-            (dedupe_key,),
-        ) as cur:
-            return [_decode_operation(r[0]) for r in await cur.fetchall()]
+        return await self.run(lambda conn: _get(conn, op_id))
 
     async def find_running(self, dedupe_key: str) -> Operation | None:
-        running = await self._running(dedupe_key)
+        running = await self.run(lambda conn: _running(conn, dedupe_key))
         return running[0] if running else None
+
+    async def running_as_of(self, dedupe_key: str) -> tuple[Operation | None, dict[int, int]]:
+        """(the running operation of `dedupe_key`, the positions folded into the state that
+        answer comes from), read together."""
+        topic = self.topic
+
+        def read(conn: sqlite3.Connection) -> tuple[Operation | None, dict[int, int]]:
+            conn.execute("BEGIN")
+            try:
+                running = _running(conn, dedupe_key)
+                rows = conn.execute(
+                    "SELECT partition, next_offset FROM tracking WHERE topic = ?", (topic,)
+                ).fetchall()
+            finally:
+                conn.execute("COMMIT")
+            return (running[0] if running else None), dict(rows)
+
+        return await self.run(read)
 
     async def list(
         self,

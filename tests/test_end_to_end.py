@@ -3,6 +3,7 @@ both event logs."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import pytest
@@ -122,6 +123,30 @@ async def test_duplicate_trigger_returns_the_running_operation(settings, admin, 
         third = await client.trigger(type="pdsScan", pdsUrl=fresh_pds.url)
         assert third["id"] != first["id"]
         await client.post("pub.chive.admin.cancelBackfill", {"id": third["id"]})
+
+
+async def test_identical_triggers_at_once_make_one_operation_each_readable_at_once(
+    settings, admin, fresh_pds, unique
+):
+    # Nothing serialises triggers in the API: identical ones all land in the log, and the fold
+    # names every one after the first as another id of it (the slow path of a trigger).
+    fresh_pds.faults.delay_s = 0.05
+    did = f"did:plc:same{unique}"
+    fresh_pds.add_repo(did, {"pub.chive.graph.edge": 1000})
+    async with running_service(settings, admin) as client:
+        answers = await asyncio.gather(
+            *(client.trigger(type="didSync", did=did) for _ in range(20)),
+            *(client.trigger(type="didSync", did=f"{did}x{i}") for i in range(10)),
+        )
+        same = {a["id"] for a in answers[:20]}
+        assert len(same) == 1, same
+        assert len({a["id"] for a in answers[20:]} | same) == 11
+        # Read-your-writes: each answer's operation is there on the next read, no waiting.
+        for answer in answers:
+            assert (await client.status(answer["id"]))["id"] == answer["id"]
+        (op_id,) = same
+        await client.post("pub.chive.admin.cancelBackfill", {"id": op_id})
+        assert (await client.wait_finished(op_id))["status"] in ("cancelled", "completed")
 
 
 async def test_unreachable_pds_fails_with_a_clear_error(settings, admin, plc, unique):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from events.kafka_log import KafkaEventLog
@@ -50,6 +52,33 @@ async def read_all(reader, count: int) -> list:
 
     await eventually(more, what=f"{count} messages")
     return got
+
+
+async def test_concurrent_appends_get_distinct_gapless_positions(log):
+    # Appends that come together (the API under load, workers emitting at once) may be
+    # committed together; each still gets its own positions, in its own order.
+    batches = await asyncio.gather(
+        *(
+            log.append(log.topic, [Entry("same", f"{b}-{i}".encode(), {}) for i in range(3)])
+            for b in range(20)
+        )
+    )
+    positions = [pos for batch in batches for pos in batch]
+    assert len({(p.partition, p.offset) for p in positions}) == 60
+    (partition,) = {p.partition for p in positions}
+    offsets = sorted(p.offset for p in positions)
+    assert offsets == list(range(offsets[0], offsets[0] + 60))
+    for batch in batches:  # a batch's entries keep their order
+        assert [p.offset for p in batch] == sorted(p.offset for p in batch)
+    reader = log.reader(log.topic)
+    await reader.start()
+    try:
+        got = [m for m in await read_all(reader, 60) if m.partition == partition]
+    finally:
+        await reader.stop()
+    by_offset = {m.offset: m.value for m in got}
+    for b, batch in enumerate(batches):
+        assert [by_offset[p.offset] for p in batch] == [f"{b}-{i}".encode() for i in range(3)]
 
 
 async def test_append_returns_positions_and_same_key_same_partition(log):

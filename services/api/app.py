@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from events import model
-from events.log import Entry, EventLog, LogUnavailable
+from events.log import Entry, EventLog, LogUnavailable, Position
 from projections.operations import TERMINAL, InvalidCursor, OperationsStore, fold
 from projections.runner import ProjectionRunner
 from services.api import xrpc
@@ -36,7 +36,7 @@ STATUS = "pub.chive.admin.getBackfillStatus"
 HISTORY = "pub.chive.admin.getBackfillHistory"
 CANCEL = "pub.chive.admin.cancelBackfill"
 
-# How long a write waits for the projection to fold it, so the next read sees it.
+# How long a read waits for the projection to fold this replica's writes.
 READ_YOUR_WRITES_S = 5.0
 
 
@@ -51,10 +51,11 @@ class Api:
     append_timeout_s: float
 
     def __post_init__(self) -> None:
-        # One trigger at a time per replica: duplicate detection reads, then appends.
-        self._trigger_lock = asyncio.Lock()
+        # Per partition, the offset after this replica's last append: its reads wait for the
+        # projection to have folded that far (read-your-writes), not its writes.
+        self._written: dict[int, int] = {}
 
-    async def _append(self, event: model.OperationEvent):
+    async def _append(self, event: model.OperationEvent) -> Position:
         entry = Entry(event.operation_id, model.encode(event), model.headers_for(event))
         try:
             (position,) = await asyncio.wait_for(
@@ -69,25 +70,35 @@ class Api:
                 "The event log did not confirm the request in time; it may still be recorded. "
                 "Try again shortly",
             ) from None
-        await self.projection.wait_past(position, READ_YOUR_WRITES_S)
+        self._written[position.partition] = max(
+            self._written.get(position.partition, 0), position.offset + 1
+        )
+        return position
+
+    async def _read_own_writes(self) -> None:
+        """Before a read: the projection has folded what this replica appended (at once, as
+        a rule: it folds while the answer to the write travels)."""
+        for partition, end in list(self._written.items()):
+            await self.projection.wait_past(Position(partition, end - 1), READ_YOUR_WRITES_S)
 
     async def trigger(self, call: Call) -> dict[str, Any]:
         kind, params = backfill_params(call.raw_input)
         key = dedupe_key(kind, params)
-        async with self._trigger_lock:
-            running = await self.store.find_running(key)
-            if running is not None:
-                return {"operation": self._view(running)}
-            event = model.new_event(
-                model.BackfillRequested,
-                model.colocated_operation_id(key, self.event_log.partition_of),
-                backfill_type=kind,
-                params=params,
-                requested_by=call.caller.did,
-                dedupe_key=key,
-                colocated=True,
-            )
-            await self._append(event)
+        # No lock between the look and the append: the log orders identical requests (they
+        # share a partition) and the fold makes every one after the first another name of it.
+        running, folded = await self.store.running_as_of(key)
+        if running is not None:
+            return {"operation": self._view(running)}
+        event = model.new_event(
+            model.BackfillRequested,
+            model.colocated_operation_id(key, self.event_log.partition_of),
+            backfill_type=kind,
+            params=params,
+            requested_by=call.caller.did,
+            dedupe_key=key,
+            colocated=True,
+        )
+        position = await self._append(event)
         log.info(
             "backfill requested: %s %s by %s",
             kind,
@@ -95,18 +106,24 @@ class Api:
             call.caller.did,
             extra=operation_fields(event.operation_id, kind, requested_by=call.caller.did),
         )
-        # Another replica may have taken an identical request a moment earlier: the log
-        # decides (projections/operations.duplicate_of) and this request's id names its
-        # operation then.
-        op = await self.store.get(event.operation_id)
-        return {
-            "operation": self._view(op) if op is not None else operation_view(fold(None, event))
-        }
+        if folded.get(position.partition, 0) != position.offset:
+            # Something else landed in the partition between the look and the append: another
+            # replica's identical request, perhaps. The log decides
+            # (projections/operations.duplicate_of), so wait for the fold: this request's id
+            # then names the operation it duplicates.
+            await self.projection.wait_past(position, READ_YOUR_WRITES_S)
+            op = await self.store.get(event.operation_id)
+            if op is not None:
+                return {"operation": self._view(op)}
+        # Nothing came between: the state the look read is the state this request lands on,
+        # where nothing runs under its key, so it starts an operation of its own.
+        return {"operation": operation_view(fold(None, event))}
 
     methods = (TRIGGER, STATUS, HISTORY, CANCEL)
 
     async def watched(self) -> list[dict[str, Any]]:
         """What the admin page follows: every running operation and the newest finished."""
+        await self._read_own_writes()
         running, _ = await self.store.list(statuses=("running",), type=None, limit=100, cursor=None)
         done, _ = await self.store.list(
             statuses=tuple(sorted(TERMINAL)), type=None, limit=20, cursor=None
@@ -117,6 +134,7 @@ class Api:
         return operation_view(op, model.now_ms(), self.stall_after_s * 1000)
 
     async def status(self, call: Call) -> dict[str, Any]:
+        await self._read_own_writes()
         op_id = call.params.get("id")
         if op_id is not None:
             op = await self.store.get(op_id)
@@ -128,6 +146,7 @@ class Api:
         return {"operations": ops, **({"cursor": cursor} if cursor else {})}
 
     async def history(self, call: Call) -> dict[str, Any]:
+        await self._read_own_writes()
         ops, cursor = await self._page(call, statuses=tuple(sorted(TERMINAL)))
         return {"operations": ops, **({"cursor": cursor} if cursor else {})}
 
@@ -144,6 +163,7 @@ class Api:
         return [self._view(op) for op in ops], cursor
 
     async def cancel(self, call: Call) -> dict[str, Any]:
+        await self._read_own_writes()
         op_id = call.input["id"]
         op = await self.store.get(op_id)
         if op is None:
