@@ -309,26 +309,39 @@ async def run_projector(
         await index.close()
 
 
+async def run_work(
+    settings: Settings, event_log: EventLog, stop: asyncio.Event, obs: Observability | None = None
+) -> None:
+    """The record projection and all six workers in one process, sharing one index: what runs
+    beside the API under `chive-backfill up` (services/supervisor.py)."""
+    obs = obs or Observability()
+    # One record index in one process: workers that read it share the projector's. It is
+    # opened here, first, so no two connections race to create the file.
+    projector = records_projection(settings, event_log)
+    await projector.index.open()
+    tasks = [
+        asyncio.create_task(run_projector(settings, event_log, stop, projector, obs)),
+        asyncio.create_task(run_workers(settings, event_log, list(HANDLERS), stop, projector, obs)),
+    ]
+    try:
+        await _until_first_done(tasks, stop)
+    finally:
+        await _cancel(tasks)
+        await projector.index.close()
+
+
 async def run_all(
     settings: Settings,
     stop: asyncio.Event,
     on_ready: Callable[[int], Awaitable[None]] | None = None,
 ) -> None:
-    """Everything in one process on one log: the embedded default of `chive-backfill up`."""
+    """Everything in one process on one log and one event loop (tests, benchmarks; `up` runs
+    the API and the work in two processes)."""
     obs = Observability()
-    async with contextlib.AsyncExitStack() as stack:
-        event_log = await stack.enter_async_context(open_log(settings, obs.metrics))
-        # One record index in one process: workers that read it share the projector's. It is
-        # opened here, first, so no two connections race to create the file.
-        projector = records_projection(settings, event_log)
-        await projector.index.open()
-        stack.push_async_callback(projector.index.close)
+    async with open_log(settings, obs.metrics) as event_log:
         tasks = [
             asyncio.create_task(run_api(settings, event_log, stop, on_ready, obs)),
-            asyncio.create_task(run_projector(settings, event_log, stop, projector, obs)),
-            asyncio.create_task(
-                run_workers(settings, event_log, list(HANDLERS), stop, projector, obs)
-            ),
+            asyncio.create_task(run_work(settings, event_log, stop, obs)),
         ]
         try:
             await _until_first_done(tasks, stop)

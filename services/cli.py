@@ -20,6 +20,7 @@ from services import bootstrap, logs
 from services.atproto.service_auth import MAX_TOKEN_LIFETIME_S
 from services.observability import Observability
 from services.settings import SettingsError, load
+from services.supervisor import die_with_supervisor, supervise
 
 METHODS = (
     "pub.chive.admin.triggerBackfill",
@@ -32,8 +33,11 @@ METHODS = (
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chive-backfill", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("up", help="API, all six workers and the projector in one process")
+    sub.add_parser(
+        "up", help="the whole service: the API, and beside it the work (two processes, one log)"
+    )
     sub.add_parser("api", help="the XRPC API (with its operations projection)")
+    sub.add_parser("work", help="the record projection and all six workers in one process")
     worker = sub.add_parser("worker", help="the worker service of one backfill type")
     worker.add_argument("type", choices=model.BACKFILL_TYPES)
     sub.add_parser("projector", help="the record index projection")
@@ -129,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chive-backfill: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_format)
+    die_with_supervisor()
     if args.command == "token":
         return _token(settings, args)
     try:
@@ -175,7 +180,7 @@ async def _async_main(settings, args) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     if args.command == "up":
-        await bootstrap.run_all(settings, stop)
+        await supervise(stop)
         return 0
     obs = Observability()
     async with bootstrap.open_log(settings, obs.metrics) as event_log:
@@ -184,6 +189,8 @@ async def _async_main(settings, args) -> int:
             return 0
         if args.command == "worker":
             part = bootstrap.run_workers(settings, event_log, [args.type], stop, obs=obs)
+        elif args.command == "work":
+            part = bootstrap.run_work(settings, event_log, stop, obs=obs)
         else:
             part = bootstrap.run_projector(settings, event_log, stop, obs=obs)
         if settings.status_port is None:
