@@ -14,12 +14,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-async def run_bench(*args: str, timeout: float = 240) -> str:
+async def run_bench(*args: str, timeout: float = 240, kafka: str | None = None) -> str:
+    """`kafka`: the suite's broker, for a bench that runs on Kafka too (else it starts one)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if kafka:
+        env["KAFKA_BOOTSTRAP_SERVERS"] = kafka
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         *args,
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -51,9 +55,13 @@ async def test_repo_sync_bench(atproto):  # the reference servers are installed 
     [
         (("bench/api_latency.py", "--requests", "20"), "trigger (JWT, append)"),
         (("bench/backfill.py", "--repeat", "1", "--records", "200"), "fullReindex batchSize"),
+        (
+            ("bench/trigger.py", "--requests", "10", "--scan-records", "400"),
+            "during a 400-record pdsScan",
+        ),
     ],
-    ids=["api_latency", "backfill"],
+    ids=["api_latency", "backfill", "trigger"],
 )
 async def test_bench_prints_its_figures(args, expect, kafka_bootstrap):
-    out = await run_bench(*args, timeout=280)
+    out = await run_bench(*args, timeout=280, kafka=kafka_bootstrap)
     assert expect in out, out

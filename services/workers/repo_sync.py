@@ -2,8 +2,10 @@
 (services/atproto/repo.py), its `pub.chive.*` records appended as events, then a RepoSynced
 event with the revision it was read at.
 
-A repository that does not verify is not indexed at all (never half: nothing is appended
-before the whole CAR has verified). A PDS that does not serve getRepo, or a repository larger
+The CAR is checked and decoded block by block as it streams in (services/atproto/repo.py
+RepoReader), while the account's key is looked up; a download cut off midway is retried from
+its start. A repository that does not verify is not indexed at all (never half: nothing is
+appended before the whole CAR has verified). A PDS that does not serve getRepo, or a repository larger
 than the cap, is read page by page with listRecords instead (repo_scan.py), and the caller says
 so. With `since` (freshnessScan) only what changed after that revision is read, and the diff
 against the index is appended: creates, updates, and deletes as tombstones.
@@ -211,80 +213,3 @@ async def _fetch_record(
     except XrpcCallError as exc:
         return b"", f"refused: {exc.error}"
     return bytes(fetched.value), None
-
-
-async def _fetch(
-    ctx: WorkContext, pds_url: str, did: str, since: str | None
-) -> repo.RepoReader | None:
-    """The repository read into a RepoReader as it streams in; None when the PDS does not
-    serve getRepo or the repository is over the cap."""
-    readers: list[repo.RepoReader] = []
-
-    def start() -> Callable[[bytes], None]:
-        readers.append(repo.RepoReader())  # one per attempt: a retry starts over
-        return readers[-1].feed
-
-    try:
-        await ctx.services.client.stream_into(
-            pds_url,
-            "com.atproto.sync.getRepo",
-            {"did": did, "since": since},
-            outbound.REPO_BYTES,
-            start,
-        )
-    except XrpcCallError as exc:
-        if exc.status == 501 or exc.error in ("MethodNotImplemented", "ResponseTooLarge"):
-            return None
-        raise
-    except repo.RepoInvalid as exc:
-        raise Unverified(f"repo did not verify: {exc}") from None
-    return readers[-1]
-
-
-async def _abandon(task: asyncio.Future) -> None:
-    """Cancels `task` and waits for it to end; its outcome no longer matters."""
-    task.cancel()
-    await asyncio.wait([task])
-    if not task.cancelled():
-        task.exception()
-
-
-async def _upsert(
-    ctx: WorkContext,
-    pds_url: str,
-    did: str,
-    entry: repo.Entry,
-    cid: str,
-) -> tuple[model.RecordUpserted | None, str | None]:
-    """(the upsert, or the reason the record is skipped)."""
-    uri = f"at://{did}/{entry.collection}/{entry.rkey}"
-    if entry.value is None:
-        # A diff left the block out: it was written before `since` (the same content came
-        # back). Read the record itself.
-        try:
-            fetched = await get_record(
-                ctx.services.client, pds_url, did, entry.collection, entry.rkey
-            )
-        except XrpcCallError as exc:
-            return None, f"refused: {exc.error}"
-        value = bytes(fetched.value)
-    else:
-        value = entry.value
-    # The DID is the one asked for and verified; the key comes from the tree.
-    if not (is_nsid(entry.collection) and is_rkey(entry.rkey)):
-        reason: str | None = "uri does not name a record of this repo and collection"
-    else:
-        reason = invalid_value(value)
-    if reason is not None:
-        return None, reason
-    event = model.new_event(
-        model.RecordUpserted,
-        ctx.operation_id,
-        uri=uri,
-        did=did,
-        collection=entry.collection,
-        rkey=entry.rkey,
-        cid=cid,
-        value=msgspec.Raw(value),
-    )
-    return event, None
