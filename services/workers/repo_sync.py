@@ -3,11 +3,11 @@
 event with the revision it was read at.
 
 The CAR is checked and decoded block by block as it streams in (services/atproto/repo.py
-RepoReader), while the account's key is looked up; a download cut off midway is retried from
-its start. A repository that does not verify is not indexed at all (never half: nothing is
-appended before the whole CAR has verified). A PDS that does not serve getRepo, or a
-repository larger than the cap, is read page by page with listRecords instead (repo_scan.py),
-and the caller says so. With `since` (freshnessScan) only what changed after that revision is read, and the diff
+RepoReader), while the account's key is looked up; a download cut off midway is retried from its
+start. A repository that does not verify is not indexed at all (never half: nothing is appended
+before the whole CAR has verified). A PDS that does not serve getRepo, or a repository larger
+than the cap, is read page by page with listRecords instead (repo_scan.py), and the caller says
+so. With `since` (freshnessScan) only what changed after that revision is read, and the diff
 against the index is appended: creates, updates, and deletes as tombstones.
 """
 
