@@ -65,3 +65,9 @@ async def test_repo_sync_bench(atproto):  # the reference servers are installed 
 async def test_bench_prints_its_figures(args, expect, kafka_bootstrap):
     out = await run_bench(*args, timeout=280, kafka=kafka_bootstrap)
     assert expect in out, out
+
+
+async def test_fold_bench():
+    out = await run_bench("bench/fold.py", "--operations", "50", "--repeat", "1")
+    figures = json.loads(out[: out.rindex("}") + 1])
+    assert figures["events"] == 50 * 23 and figures["fold_events_per_s"] > 0
