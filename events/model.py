@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import time
+import typing
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -262,7 +263,7 @@ def decode(value: bytes) -> AnyEvent:
     """Decode an event, upcasting older schema versions first. Raises DecodeError."""
     try:
         event = _decoder.decode(value)
-        if event.schema_version == CURRENT_VERSIONS.get(_tag(event), 1):
+        if event.schema_version == _CURRENT_BY_CLASS.get(type(event), 1):
             return event
     except msgspec.ValidationError:
         pass  # perhaps an older version whose shape differs: upcast below
@@ -282,6 +283,13 @@ def decode(value: bytes) -> AnyEvent:
         return msgspec.convert(upcast(raw), AnyEvent)
     except msgspec.ValidationError as exc:
         raise DecodeError(str(exc)) from exc
+
+
+_CURRENT_BY_CLASS = {
+    cls: CURRENT_VERSIONS[cls.__struct_config__.tag]
+    for cls in typing.get_args(AnyEvent)
+    if cls.__struct_config__.tag in CURRENT_VERSIONS
+}
 
 
 def _tag(event: AnyEvent) -> str:
