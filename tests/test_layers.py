@@ -37,6 +37,15 @@ FORBIDDEN = {
     "services.api": ("services.workers", *TOP),
     "services.workers": ("services.api", *TOP),
     "services.audit": ("services.api", "services.workers", *TOP),
+    # It runs the roles as commands, never their code.
+    "services.supervisor": (
+        "events",
+        "projections",
+        "services.api",
+        "services.workers",
+        "services.atproto",
+        *TOP,
+    ),
 }
 
 
