@@ -9,7 +9,8 @@ bare FastAPI JSON endpoint served by uvicorn in a process of its own, measured i
 - 32 concurrent clients: triggers per second, against requests per second of the bare endpoint
   with the same clients;
 - sequential triggers while a pdsScan of `--scan-records` records runs (a loopback PDS in a
-  process of its own); the scan is checked to be running from the first to the last trigger.
+  process of its own): in batches of 20, each begun while a scan runs (another is started when
+  the last has finished).
 
 Tokens are minted before the clock starts (a client mints once; the server verifies each).
 
@@ -97,6 +98,9 @@ def loopback_pds(records: int, repos: int):
 def serve_pds(records: int, repos: int) -> None:
     from testkit.servers import FakePds, FakePlc
 
+    # A stand-in for someone else's server: in production it is not on this machine's cores,
+    # so here it yields them to the service under test.
+    os.nice(10)
     plc = FakePlc().start()
     pds = FakePds(plc).start()
     for i in range(repos):
@@ -151,7 +155,11 @@ async def service(kind: str, n: int, scan_records: int, kafka: str | None) -> di
             async with httpx.AsyncClient(
                 base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=30
             ) as http:
-                await _until_up(http)
+                try:
+                    await _until_up(http)
+                except RuntimeError:
+                    tail = (Path(tmp) / "up.log").read_text()[-3000:]
+                    raise RuntimeError(f"chive-backfill up did not answer:\n{tail}") from None
                 tokens = {
                     lxm: [admin.token(lxm) for _ in range(n * 6)] for lxm in (TRIGGER, STATUS)
                 }
@@ -191,19 +199,25 @@ async def service(kind: str, n: int, scan_records: int, kafka: str | None) -> di
 
                 rate = await throughput([trigger_call() for _ in range(n * 2)], CLIENTS)
 
-                scan_ids: list[str] = []
-                scan_token = tokens[TRIGGER].pop()
-                r = await http.post(
-                    f"/xrpc/{TRIGGER}",
-                    json={"type": "pdsScan", "pdsUrl": pds},
-                    headers=_bearer(scan_token),
-                )
-                scan_id = r.json()["operation"]["id"]
-                scan_ids.append(scan_id)
-                before = await _scan_state(http, admin, scan_id)
-                during = await timed([trigger_call() for _ in range(n)])
-                after = await _scan_state(http, admin, scan_id)
-                done = await _scan_done(http, admin, scan_id)
+                # Triggers in batches of 20, each batch begun while a pdsScan runs (a new one
+                # is started whenever the last has finished), until `n` are timed.
+                during: list[float] = []
+                scans: list[dict] = []
+                while len(during) < n:
+                    op = scans[-1] if scans else None
+                    if op is not None:
+                        op = await _scan_state(http, admin, op["id"])
+                        scans[-1] = op
+                    if op is None or op["status"] != "running":
+                        r = await http.post(
+                            f"/xrpc/{TRIGGER}",
+                            json={"type": "pdsScan", "pdsUrl": pds},
+                            headers=_bearer(admin.token(TRIGGER)),
+                        )
+                        scans.append(r.json()["operation"])
+                        continue
+                    during += await timed([trigger_call() for _ in range(20)])
+                finals = [await _scan_done(http, admin, op["id"]) for op in scans]
     return {
         "log": kind,
         "sequential": percentiles(sequential),
@@ -212,10 +226,8 @@ async def service(kind: str, n: int, scan_records: int, kafka: str | None) -> di
         "during_scan": {
             **percentiles(during),
             "scan_records": scan_records,
-            # The scan ran from before the first trigger to after the last.
-            "scan_processed_before_after": [before["recordsProcessed"], after["recordsProcessed"]],
-            "scan_running_throughout": before["status"] == after["status"] == "running",
-            "scan_final": done["status"],
+            "scans": len(finals),
+            "scans_completed": sum(op["status"] == "completed" for op in finals),
         },
     }
 
@@ -284,7 +296,7 @@ async def main() -> None:
             f"p99 {r['p99_ms']} ms, visible {r['visible']}; {f['per_s_32_clients']}/s with "
             f"{CLIENTS} clients ({f['per_s_32_clients'] / bare['per_s_32_clients']:.0%} of bare); "
             f"during a {d['scan_records']}-record pdsScan p50 {d['p50_ms']} ms p99 {d['p99_ms']} ms"
-            f" (scan running throughout: {d['scan_running_throughout']})"
+            f" ({d['scans']} scans, {d['scans_completed']} completed)"
         )
 
 

@@ -10,25 +10,46 @@ and has no way to run a transaction's statements in one).
 
 A caller cancelled while it waits does not take its write back: it may still commit, as a
 produce request a Kafka client gave up on may.
+
+When another process holds the file's write lock (the API and the work process of `up` share
+the log), the writer asks again every half millisecond rather than with SQLite's own busy
+handler, whose sleeps grow to 100 ms: a trigger then waits about as long as the other
+process's transaction takes, not a multiple of it. And a writer with more to write pauses a
+millisecond between transactions, so the other process is not starved of the lock.
+
+Checkpoints (copying the write-ahead log into the database file) are not left to SQLite, which
+runs one inside whichever commit finds the log long: a trigger's append would then pay for
+copying megabytes of another process's records. A thread of its own, on a connection of its
+own, runs a passive checkpoint (it blocks no writer) at most once a second after commits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+_BUSY_RETRY_S = 0.0005
+_TURN_S = 0.001
+_CHECKPOINT_EVERY_S = 1.0
 Write = Callable[[sqlite3.Connection], Any]
 
 
 class GroupWriter:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, busy_timeout_s: float = 30.0) -> None:
         self.path = path
+        # How long a transaction waits for another process's to end before it fails.
+        self.busy_timeout_s = busy_timeout_s
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="chive-log-writer")
+        self._checkpointer = ThreadPoolExecutor(1, thread_name_prefix="chive-log-checkpoint")
+        self._checkpoint_conn: sqlite3.Connection | None = None
+        self._checkpoint_due = 0.0
         self._conn: sqlite3.Connection | None = None
         self._waiting: list[tuple[Write, asyncio.Future]] = []
         self._committing: asyncio.Task | None = None
@@ -43,6 +64,8 @@ class GroupWriter:
             await asyncio.wait([self._committing])
         await asyncio.get_running_loop().run_in_executor(self._thread, self._close)
         self._thread.shutdown(wait=True)
+        self._checkpointer.submit(self._close_checkpoints)
+        self._checkpointer.shutdown(wait=True)
 
     async def write(self, write: Callable[[sqlite3.Connection], T]) -> T:
         """`write(connection)`'s result, once the transaction it ran in has committed."""
@@ -75,6 +98,11 @@ class GroupWriter:
                         done.set_result(value)
                     else:
                         done.set_exception(value)
+                if self._waiting:
+                    # SQLite hands its write lock to whoever asks first, and this writer,
+                    # with more to write, would ask again at once: leave another process
+                    # (the API beside the work) a moment to take its turn.
+                    await asyncio.sleep(_TURN_S)
         finally:
             self._committing = None
 
@@ -85,18 +113,44 @@ class GroupWriter:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.executescript(schema)
+        conn.execute("PRAGMA busy_timeout = 0")  # from here on, _begin waits instead
+        conn.execute("PRAGMA wal_autocheckpoint = 0")  # the checkpoint thread's job
         self._conn = conn
+        self._checkpoint_conn = sqlite3.connect(
+            self.path, isolation_level=None, timeout=30, check_same_thread=False
+        )
+
+    def _checkpoint(self) -> None:
+        with contextlib.suppress(sqlite3.Error):  # busy: the next one will do it
+            if self._checkpoint_conn is not None:
+                self._checkpoint_conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def _close_checkpoints(self) -> None:
+        if self._checkpoint_conn is not None:
+            self._checkpoint_conn.close()
+            self._checkpoint_conn = None
 
     def _close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
 
+    def _begin(self, conn: sqlite3.Connection) -> None:
+        deadline = time.monotonic() + self.busy_timeout_s
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(_BUSY_RETRY_S)
+
     def _commit(self, writes: list[Write]) -> list[tuple[bool, Any]]:
         conn = self._conn
         assert conn is not None
         outcomes: list[tuple[bool, Any]] = []
-        conn.execute("BEGIN IMMEDIATE")
+        self._begin(conn)
         try:
             for write in writes:
                 conn.execute("SAVEPOINT one_write")
@@ -108,6 +162,9 @@ class GroupWriter:
                 conn.execute("RELEASE one_write")
             conn.execute("COMMIT")
             self.transactions += 1
+            if time.monotonic() >= self._checkpoint_due:
+                self._checkpoint_due = time.monotonic() + _CHECKPOINT_EVERY_S
+                self._checkpointer.submit(self._checkpoint)
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")

@@ -24,9 +24,11 @@ import sys
 
 log = logging.getLogger(__name__)
 
-# name -> the `chive-backfill` command that runs it
-ROLES = {"api": ("api",), "work": ("work",)}
+# name -> (the `chive-backfill` command that runs it, its niceness). The work runs at a lower
+# CPU priority: on a machine it saturates, the API's answers do not queue behind it.
+ROLES = {"api": (("api",), 0), "work": (("work",), 10)}
 SUPERVISOR_ENV = "CHIVE_SUPERVISOR_PID"
+NICENESS_ENV = "CHIVE_SUPERVISED_NICENESS"
 # How long a child has to stop after SIGTERM before it is killed.
 STOP_GRACE_S = 10.0
 _PR_SET_PDEATHSIG = 1
@@ -40,13 +42,13 @@ async def supervise(stop: asyncio.Event) -> None:
     reasons: dict[str, str] = {}
     relays: list[asyncio.Task] = []
     try:
-        for name, args in ROLES.items():
+        for name, (args, niceness) in ROLES.items():
             child = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
                 "services.cli",
                 *args,
-                env=env,
+                env={**env, NICENESS_ENV: str(niceness)},
                 stderr=asyncio.subprocess.PIPE,
             )
             children[name] = child
@@ -68,9 +70,13 @@ async def supervise(stop: asyncio.Event) -> None:
 
 
 def die_with_supervisor() -> None:
-    """In a child of `up`: be killed when `up` goes, however it goes."""
+    """In a child of `up`: take the niceness `up` gave, and be killed when `up` goes, however
+    it goes."""
     expected = os.environ.get(SUPERVISOR_ENV)
-    if expected is None or not sys.platform.startswith("linux"):
+    if expected is None:
+        return
+    os.nice(int(os.environ.get(NICENESS_ENV, "0")))
+    if not sys.platform.startswith("linux"):
         return
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)

@@ -66,7 +66,7 @@ async def test_a_failing_write_takes_back_only_itself(writer):
 
 async def test_a_commit_that_fails_fails_every_write_of_its_group(writer, tmp_path):
     # A second connection holds the write lock past the writer's patience.
-    writer._conn.execute("PRAGMA busy_timeout = 50")
+    writer.busy_timeout_s = 0.05
     blocker = sqlite3.connect(writer.path, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")
     try:
