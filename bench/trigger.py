@@ -161,7 +161,8 @@ async def service(kind: str, n: int, scan_records: int, kafka: str | None) -> di
                     tail = (Path(tmp) / "up.log").read_text()[-3000:]
                     raise RuntimeError(f"chive-backfill up did not answer:\n{tail}") from None
                 tokens = {
-                    lxm: [admin.token(lxm) for _ in range(n * 6)] for lxm in (TRIGGER, STATUS)
+                    lxm: [admin.token(lxm, ttl_s=1800) for _ in range(n * 6)]
+                    for lxm in (TRIGGER, STATUS)
                 }
                 counter = iter(range(10**9))
 
