@@ -67,7 +67,9 @@ class KafkaEventLog:
             acks="all",
             enable_idempotence=self._idempotence,
             request_timeout_ms=self._request_timeout_ms,
-            linger_ms=5,
+            # A trigger is one record: waiting to fill a batch would only delay it. Records
+            # sent while a request is in flight still go out together.
+            linger_ms=0,
         )
         try:
             await producer.start()
