@@ -131,7 +131,7 @@ class SqliteEventLog(LocalLog):
             )
             return positions
 
-        positions = await self._writer.write(append)
+        positions = await self._writer.write(append, rows=len(entries))
         # This process's readers see its appends at once, without asking the file.
         _, ends = self._ends.setdefault(topic, (float("-inf"), {}))
         for position in positions:

@@ -38,6 +38,23 @@ T = TypeVar("T")
 _BUSY_RETRY_S = 0.0005
 _TURN_S = 0.001
 _CHECKPOINT_EVERY_S = 1.0
+# A group stops growing at this many rows: a transaction holds the file's write lock, and a
+# trigger from the other process waits for it (one pdsScan chunk is 500 records).
+GROUP_ROWS = 1000
+
+
+def _take_group(waiting: list) -> list:
+    """The writes of the next transaction, taken from the front of `waiting`: at least one,
+    then as many as fit in GROUP_ROWS."""
+    taken, rows = 1, waiting[0][1]
+    while taken < len(waiting) and rows + waiting[taken][1] <= GROUP_ROWS:
+        rows += waiting[taken][1]
+        taken += 1
+    group = waiting[:taken]
+    del waiting[:taken]
+    return group
+
+
 Write = Callable[[sqlite3.Connection], Any]
 
 
@@ -51,7 +68,7 @@ class GroupWriter:
         self._checkpoint_conn: sqlite3.Connection | None = None
         self._checkpoint_due = 0.0
         self._conn: sqlite3.Connection | None = None
-        self._waiting: list[tuple[Write, asyncio.Future]] = []
+        self._waiting: list[tuple[Write, int, asyncio.Future]] = []
         self._committing: asyncio.Task | None = None
         # Transactions committed: fewer than writes when writes came together.
         self.transactions = 0
@@ -67,13 +84,14 @@ class GroupWriter:
         self._checkpointer.submit(self._close_checkpoints)
         self._checkpointer.shutdown(wait=True)
 
-    async def write(self, write: Callable[[sqlite3.Connection], T]) -> T:
-        """`write(connection)`'s result, once the transaction it ran in has committed."""
+    async def write(self, write: Callable[[sqlite3.Connection], T], rows: int = 1) -> T:
+        """`write(connection)`'s result, once the transaction it ran in has committed. `rows`:
+        about how many rows it writes (a group stops growing at GROUP_ROWS)."""
         if self._conn is None:
             raise sqlite3.ProgrammingError("the log's writer is closed")
         loop = asyncio.get_running_loop()
         done: asyncio.Future = loop.create_future()
-        self._waiting.append((write, done))
+        self._waiting.append((write, rows, done))
         if self._committing is None:
             self._committing = loop.create_task(self._commit_waiting())
         return await done
@@ -82,16 +100,16 @@ class GroupWriter:
         loop = asyncio.get_running_loop()
         try:
             while self._waiting:
-                group, self._waiting = self._waiting, []
-                writes = [write for write, _ in group]
+                group = _take_group(self._waiting)
+                writes = [write for write, _, _ in group]
                 try:
                     outcomes = await loop.run_in_executor(self._thread, self._commit, writes)
                 except Exception as exc:  # the commit failed: none of the group is written
-                    for _, done in group:
+                    for _, _, done in group:
                         if not done.done():
                             done.set_exception(exc)
                     continue
-                for (_, done), (ok, value) in zip(group, outcomes, strict=True):
+                for (_, _, done), (ok, value) in zip(group, outcomes, strict=True):
                     if done.done():
                         continue
                     if ok:

@@ -79,3 +79,12 @@ async def test_a_commit_that_fails_fails_every_write_of_its_group(writer, tmp_pa
     assert all(isinstance(o, sqlite3.OperationalError) for o in outcomes), outcomes
     assert await writer.write(insert(3)) == 3  # the writer goes on once the lock is free
     assert rows(writer) == [3]
+
+
+async def test_a_group_stops_growing_at_its_row_budget(writer):
+    # Five writes of 400 rows at once: 400+400, 400+400, 400 (GROUP_ROWS is 1000), so no
+    # transaction holds the file's write lock for more than about a thousand rows.
+    before = writer.transactions
+    await asyncio.gather(*(writer.write(insert(n), rows=400) for n in range(5)))
+    assert writer.transactions - before == 3
+    assert rows(writer) == list(range(5))
