@@ -67,7 +67,8 @@ class SqliteEventLog(LocalLog):
         writer = GroupWriter(self.path)
         await writer.open(_SCHEMA)
         self._writer = writer
-        self._read = await _connect(self.path)
+        # Reads only (the writer made the file WAL): nothing to set up on it.
+        self._read = await aiosqlite.connect(self.path, isolation_level=None, timeout=30)
 
     async def close(self) -> None:
         if self._read is not None:
@@ -188,10 +189,3 @@ class SqliteEventLog(LocalLog):
             )
 
         await self._writer.write(commit)
-
-
-async def _connect(path: Path) -> aiosqlite.Connection:
-    conn = await aiosqlite.connect(path, isolation_level=None, timeout=30)
-    await conn.execute("PRAGMA journal_mode=WAL")
-    await conn.execute("PRAGMA synchronous=FULL")
-    return conn

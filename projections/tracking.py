@@ -30,13 +30,19 @@ async def connect(path: Path, schema: str, create: bool = True) -> aiosqlite.Con
     else:
         uri = path.absolute().as_uri() + "?mode=rw"  # noqa: ASYNC240 (no I/O: string only)
         conn = await aiosqlite.connect(uri, uri=True, isolation_level=None, timeout=30)
-    await conn.execute("PRAGMA journal_mode=WAL")
-    # NORMAL, not FULL: a commit here does not wait for the disk. A power cut may take back
-    # the last folds, but never tears one (WAL), and the tracking rows go back with the state
-    # they produced, so the projection refolds those events from the log (which commits
-    # FULL). The log owes durability; a projection owes only consistency.
-    await conn.execute("PRAGMA synchronous=NORMAL")
-    await conn.executescript(SCHEMA + schema)
+    try:
+        await conn.execute("PRAGMA journal_mode=WAL")
+        # NORMAL, not FULL: a commit here does not wait for the disk. A power cut may take
+        # back the last folds, but never tears one (WAL), and the tracking rows go back with
+        # the state they produced, so the projection refolds those events from the log
+        # (which commits FULL). The log owes durability; a projection owes only consistency.
+        await conn.execute("PRAGMA synchronous=NORMAL")
+        await conn.executescript(SCHEMA + schema)
+    except BaseException:
+        # Setting up failed or was cancelled (a service stopped while starting): close the
+        # connection, or its thread outlives the event loop it answers to.
+        await conn.close()
+        raise
     return conn
 
 
