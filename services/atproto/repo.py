@@ -127,10 +127,9 @@ def record_json(block: bytes) -> Any:
 def _json_of(block: bytes) -> bytes:
     """A record's JSON form; NOT_A_MAP when the block is not a DAG-CBOR map."""
     try:
-        value = car.decode(block)
-    except CarError:
+        return msgspec.json.encode(record_json(block))
+    except RepoInvalid:
         return NOT_A_MAP
-    return msgspec.json.encode(car.to_json(value)) if type(value) is dict else NOT_A_MAP
 
 
 def _check_commit(commit: Any, did: str, key: PublicKey) -> None:
