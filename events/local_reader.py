@@ -21,9 +21,9 @@ class Store(Protocol):
     async def fetch(self, topic: str, partition: int, offset: int, limit: int) -> list[Message]:
         """Records of the partition from `offset` on, at most `limit`."""
 
-    async def ends(self, topic: str) -> dict[int, int]:
-        """Per partition, the offset its next record will get: at once for this process's own
-        appends, and for other processes' as of a recent look (a poll interval at most)."""
+    async def end_offsets(self, topic: str) -> dict[int, int]:
+        """Every partition's next offset (the port's end_offsets): at once for this process's
+        own appends, and for other processes' as of a recent look (a poll interval at most)."""
 
     async def wait_for_append(self, timeout: float) -> None:
         """Return after an append (or the timeout)."""
@@ -50,11 +50,11 @@ class LocalReader:
         deadline = loop.time() + timeout
         while True:
             out: list[Message] = []
-            ends = await self._store.ends(self._topic)
+            ends = await self._store.end_offsets(self._topic)
             for p, offset in self._positions.items():
                 # Only partitions with something new: every append wakes every reader of the
                 # process, and most have nothing to read in most partitions.
-                if offset >= ends.get(p, 0):
+                if offset >= ends[p]:
                     continue
                 batch = await self._store.fetch(self._topic, p, offset, BATCH)
                 if batch:
@@ -66,7 +66,7 @@ class LocalReader:
             await self._store.wait_for_append(remaining)
 
     async def caught_up(self, partition: int) -> bool:
-        return self._positions[partition] >= (await self._store.ends(self._topic)).get(partition, 0)
+        return self._positions[partition] >= (await self._store.end_offsets(self._topic))[partition]
 
 
 class LocalGroupConsumer(LocalReader):
@@ -91,16 +91,12 @@ class LocalGroupConsumer(LocalReader):
 
 class LocalLog:
     """The reading half of the port for a local log; the adapter provides the Store methods
-    (fetch, ends, wait_for_append, committed, commit) and `partitions`."""
+    (fetch, end_offsets, wait_for_append, committed, commit) and `partitions`."""
 
     partitions: int
 
     def reader(self, topic: str, start: dict[int, int] | None = None) -> LocalReader:
         return LocalReader(self, topic, dict(start or {}))
-
-    async def end_offsets(self, topic: str) -> dict[int, int]:
-        ends = await self.ends(topic)
-        return {p: ends.get(p, 0) for p in range(self.partitions)}
 
     def group_consumer(
         self,

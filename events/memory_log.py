@@ -67,11 +67,11 @@ class MemoryEventLog(LocalLog):
         await asyncio.sleep(0)
         return batch
 
-    async def ends(self, topic: str) -> dict[int, int]:
+    async def end_offsets(self, topic: str) -> dict[int, int]:
         if self.unavailable:
             raise LogUnavailable("unavailable")
-        partitions = self._topics.get(topic) or []
-        return {p: len(records) for p, records in enumerate(partitions)}
+        partitions = self._topics.get(topic)
+        return {p: len(partitions[p]) if partitions else 0 for p in range(self.partitions)}
 
     async def wait_for_append(self, timeout: float) -> None:
         await self._appended.wait(timeout)

@@ -60,8 +60,9 @@ class SqliteEventLog(LocalLog):
         self._writer: GroupWriter | None = None
         self._read: aiosqlite.Connection | None = None
         self._appended = Pulse()
-        # Per topic: (when the file was last asked, the partitions' end offsets known).
-        self._ends: dict[str, tuple[float, dict[int, int]]] = {}
+        # Per topic, the partitions' end offsets known, and when the file was last asked.
+        self._ends: dict[str, dict[int, int]] = {}
+        self._ends_asked: dict[str, float] = {}
 
     async def start(self) -> None:
         writer = GroupWriter(self.path)
@@ -134,9 +135,8 @@ class SqliteEventLog(LocalLog):
 
         positions = await self._writer.write(append, rows=len(entries))
         # This process's readers see its appends at once, without asking the file.
-        _, ends = self._ends.setdefault(topic, (float("-inf"), {}))
         for position in positions:
-            ends[position.partition] = max(ends.get(position.partition, 0), position.offset + 1)
+            self._saw(topic, position.partition, position.offset + 1)
         self._appended.fire()
         return positions
 
@@ -152,19 +152,21 @@ class SqliteEventLog(LocalLog):
             Message(topic, partition, o, k, bytes(v), json.loads(h), ts) for o, k, h, v, ts in rows
         ]
 
-    async def ends(self, topic: str) -> dict[int, int]:
+    async def end_offsets(self, topic: str) -> dict[int, int]:
         assert self._read is not None
-        loop = asyncio.get_running_loop()
-        known = self._ends.get(topic)
-        if known is None or loop.time() - known[0] >= _CROSS_PROCESS_POLL:
+        now = asyncio.get_running_loop().time()
+        if now - self._ends_asked.get(topic, float("-inf")) >= _CROSS_PROCESS_POLL:
             # What other processes appended since the last look: one query, all partitions.
+            self._ends_asked[topic] = now
             async with self._read.execute(_ENDS, (self.partitions, topic)) as cur:
-                found = {p: end for p, end in await cur.fetchall() if end is not None}
-            known = (loop.time(), self._ends.get(topic, (0.0, {}))[1])
-            for p, end in found.items():
-                known[1][p] = max(end, known[1].get(p, 0))
-            self._ends[topic] = known
-        return dict(known[1])
+                for partition, end in await cur.fetchall():
+                    self._saw(topic, partition, end or 0)
+        known = self._ends.get(topic, {})
+        return {p: known.get(p, 0) for p in range(self.partitions)}
+
+    def _saw(self, topic: str, partition: int, end: int) -> None:
+        known = self._ends.setdefault(topic, {})
+        known[partition] = max(end, known.get(partition, 0))
 
     async def wait_for_append(self, timeout: float) -> None:
         await self._appended.wait(min(timeout, _CROSS_PROCESS_POLL))
