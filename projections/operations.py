@@ -272,12 +272,10 @@ class OperationsStore(tracking.TrackedStore):
             conn.execute("BEGIN")
             try:
                 running = _running(conn, dedupe_key)
-                rows = conn.execute(
-                    "SELECT partition, next_offset FROM tracking WHERE topic = ?", (topic,)
-                ).fetchall()
+                positions = tracking.read_positions(conn, topic)
             finally:
                 conn.execute("COMMIT")
-            return (running[0] if running else None), dict(rows)
+            return (running[0] if running else None), positions
 
         return await self.run(read)
 

@@ -42,9 +42,13 @@ class RecordIndex(tracking.TrackedStore):
         return self.conn
 
     async def apply(self, events: list[model.AnyEvent], positions: dict[int, int]) -> None:
-        async with self.transaction(positions) as conn:
-            for sql, rows in record_fold.runs(events):
-                await conn.executemany(sql, rows)
+        statements = list(record_fold.runs(events))
+
+        def write(conn) -> None:
+            for sql, rows in statements:
+                conn.executemany(sql, rows)
+
+        await self.commit_in_one_hop(positions, write)
 
     async def live_count(self, collection: str | None = None) -> int:
         conn = await self._current()

@@ -4,9 +4,8 @@ event's effect exactly once however often the log delivers it."""
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -46,22 +45,18 @@ async def connect(path: Path, schema: str, create: bool = True) -> aiosqlite.Con
     return conn
 
 
-async def load(conn: aiosqlite.Connection, topic: str) -> dict[int, int]:
-    async with conn.execute(
+def read_positions(conn: sqlite3.Connection, topic: str) -> dict[int, int]:
+    """The positions stored for `topic` (on the connection's thread: see TrackedStore.run)."""
+    rows = conn.execute(
         "SELECT partition, next_offset FROM tracking WHERE topic = ?", (topic,)
-    ) as cur:
-        return {p: o for p, o in await cur.fetchall()}
+    ).fetchall()
+    return dict(rows)
 
 
 _SAVE = (
     "INSERT INTO tracking (topic, partition, next_offset) VALUES (?, ?, ?) "
     "ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset"
 )
-
-
-async def save(conn: aiosqlite.Connection, topic: str, positions: dict[int, int]) -> None:
-    """Call inside the transaction that writes the state."""
-    await conn.executemany(_SAVE, [(topic, p, o) for p, o in positions.items()])
 
 
 class TrackedStore:
@@ -98,7 +93,8 @@ class TrackedStore:
         return self._conn
 
     async def positions(self) -> dict[int, int]:
-        return await load(self.conn, self.topic)
+        topic = self.topic
+        return await self.run(lambda conn: read_positions(conn, topic))
 
     async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """`work(connection)` on the connection's own thread: one hop for all its statements
@@ -125,16 +121,3 @@ class TrackedStore:
                 raise
 
         await self.run(transaction)
-
-    @contextlib.asynccontextmanager
-    async def transaction(self, positions: dict[int, int]) -> AsyncIterator[aiosqlite.Connection]:
-        """Writes inside commit with `positions` (filled in by the caller as it goes)."""
-        conn = self.conn
-        await conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-            await save(conn, self.topic, positions)
-            await conn.commit()
-        except BaseException:
-            await conn.rollback()
-            raise
