@@ -63,14 +63,6 @@ async def baseline(n: int) -> list[float]:
     return samples
 
 
-async def api_only(settings, stop, on_ready):
-    async with bootstrap.open_log(settings) as log:
-        await bootstrap.run_api(settings, log, stop, on_ready)
-
-
-ROLE = bootstrap.run_all
-
-
 async def service(n: int) -> tuple[list[float], list[float]]:
     key = keys.PrivateKey.generate()
     did = key.public.did_key()
@@ -88,7 +80,7 @@ async def service(n: int) -> tuple[list[float], list[float]]:
         async def on_ready(port: int) -> None:
             ready.set_result(port)
 
-        task = asyncio.create_task(ROLE(settings, stop, on_ready))
+        task = asyncio.create_task(bootstrap.run_all(settings, stop, on_ready))
         port = await asyncio.wait_for(ready, 30)
 
         def auth(lxm: str) -> dict[str, str]:
