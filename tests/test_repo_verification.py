@@ -123,3 +123,20 @@ def test_a_car_that_ends_inside_a_block_is_refused_when_it_ends():
     reader.feed(data[:-5])  # nothing wrong yet: the rest may be on its way
     with pytest.raises(repo.RepoInvalid, match="truncated CAR block"):
         reader.verify(DID, KEY.public)
+
+
+def test_records_of_other_collections_are_verified_but_not_listed():
+    chive = records(30)
+    others = records(200, "app.bsky.feed.post")
+    data = repo_car.build_car(DID, {**chive, **others}, "3kaaaaaaaaaaa")
+    verified = repo.verify(data, DID, KEY.public, collections="pub.chive.")
+    assert [f"{e.collection}/{e.rkey}" for e in verified.entries] == sorted(chive)
+    assert all(
+        msgspec.json.decode(e.value) == chive[f"{e.collection}/{e.rkey}"] for e in verified.entries
+    )
+    # A post's block missing is still a repository that does not verify.
+    roots, blocks = car.read_car(data)
+    post = repo_car.record_block(others[sorted(others)[0]])[0]
+    without = repo_car.write_car(roots, {c: b for c, b in blocks.items() if c != post})
+    with pytest.raises(repo.RepoInvalid, match="record is missing"):
+        repo.verify(without, DID, KEY.public, collections="pub.chive.")

@@ -63,11 +63,19 @@ class RepoReader:
     all arrived (`verify`). Records are turned into their JSON form as their blocks come, so
     that work overlaps the download; the commit and tree nodes are kept as blocks (bytes, which
     the garbage collector does not scan) until the walk. Nothing is believed before `verify`
-    has checked the signature and walked the tree."""
+    has checked the signature and walked the tree.
 
-    def __init__(self) -> None:
+    `collections`: the prefix of the collections whose records are wanted. The others are
+    verified all the same (the tree, their blocks' presence and hashes) but not decoded, and
+    not listed: in a real repository most records are someone else's (posts, likes)."""
+
+    def __init__(self, collections: str = "") -> None:
         self._car = car.CarReader(self._block)
-        # The commit and what looks like a tree node, as read.
+        self._wanted = collections
+        # A block whose bytes do not name a wanted collection is left undecoded (a guess,
+        # cheap and safe: the walk decodes a wanted record it finds left so).
+        self._wanted_mark = collections.encode()
+        # The commit, what looks like a tree node, and records left undecoded, as read.
         self._blocks: dict[Cid, bytes] = {}
         # Every other block: (its CID as text, its JSON form or NOT_A_MAP).
         self._values: dict[Cid, tuple[str, bytes]] = {}
@@ -88,7 +96,7 @@ class RepoReader:
                 raise RepoInvalid("the CAR's root is not its commit")
             commit = car.decode(self._blocks[roots[0]])
             _check_commit(commit, did, key)
-            walk = _Walk(self._blocks, self._values, partial)
+            walk = _Walk(self._blocks, self._values, partial, self._wanted)
             walk.node(commit["data"], "", None, 0)
         except CarError as exc:
             raise RepoInvalid(str(exc)) from None
@@ -97,7 +105,11 @@ class RepoReader:
     def _block(self, cid: Cid, block: bytes) -> None:
         roots = self._car.roots
         # A tree node is a map of "e" and "l"; canonical DAG-CBOR puts "e" first.
-        if block[:3] == _NODE_START or (roots and cid == roots[0]):
+        if (
+            block[:3] == _NODE_START
+            or (roots and cid == roots[0])
+            or self._wanted_mark not in block
+        ):
             self._blocks[cid] = block
         else:
             self._values[cid] = (str(cid), _json_of(block))
@@ -106,9 +118,12 @@ class RepoReader:
 _NODE_START = b"\xa2ae"  # a map of two entries, the first keyed "e"
 
 
-def verify(data: bytes, did: str, key: PublicKey, *, partial: bool = False) -> VerifiedRepo:
-    """The repository in `data` (a whole CAR), verified; RepoInvalid when it does not verify."""
-    reader = RepoReader()
+def verify(
+    data: bytes, did: str, key: PublicKey, *, partial: bool = False, collections: str = ""
+) -> VerifiedRepo:
+    """The repository in `data` (a whole CAR), verified; RepoInvalid when it does not verify.
+    Only records of collections starting with `collections` are listed."""
+    reader = RepoReader(collections)
     reader.feed(data)
     return reader.verify(did, key, partial=partial)
 
@@ -155,8 +170,13 @@ class _Walk:
     every repository read.)"""
 
     def __init__(
-        self, blocks: dict[Cid, bytes], values: dict[Cid, tuple[str, bytes]], partial: bool
+        self,
+        blocks: dict[Cid, bytes],
+        values: dict[Cid, tuple[str, bytes]],
+        partial: bool,
+        wanted: str,
     ) -> None:
+        self.wanted = wanted
         self.blocks = blocks
         self.values = values
         self.partial = partial
@@ -213,10 +233,14 @@ class _Walk:
         collection, _, rkey = key.partition("/")
         if not collection or not rkey or "/" in rkey:
             raise RepoInvalid("a tree key is not collection/rkey")
+        if not collection.startswith(self.wanted):
+            if not self.partial and cid not in self.values and cid not in self.blocks:
+                raise RepoInvalid("a record is missing from the CAR")
+            return
         read = self.values.get(cid)
         if read is None:
             block = self.blocks.get(cid)
-            if block is not None:  # a record that starts as a tree node does
+            if block is not None:  # left undecoded as it came (see RepoReader)
                 read = (str(cid), _json_of(block))
             elif not self.partial:
                 raise RepoInvalid("a record is missing from the CAR")

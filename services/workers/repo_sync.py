@@ -108,9 +108,7 @@ async def read_repo(
 
     collections: dict[str, bool] = {}  # collection -> is it an NSID
     for entry in verified.entries:
-        collection = entry.collection
-        if not collection.startswith(CHIVE_PREFIX):
-            continue
+        collection = entry.collection  # a pub.chive.* one: the reader lists no other
         key_path = f"{collection}/{entry.rkey}"
         present.add(key_path)
         if indexed is not None and indexed.get(key_path, ("", ""))[1] == entry.cid_text:
@@ -176,7 +174,8 @@ async def _fetch(
     readers: list[repo.RepoReader] = []
 
     def start() -> Callable[[bytes], None]:
-        readers.append(repo.RepoReader())  # one per attempt: a retry starts over
+        # One per attempt (a retry starts over); only pub.chive.* records decoded.
+        readers.append(repo.RepoReader(CHIVE_PREFIX))
         return readers[-1].feed
 
     try:
