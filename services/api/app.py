@@ -77,9 +77,14 @@ class Api:
 
     async def _read_own_writes(self) -> None:
         """Before a read: the projection has folded what this replica appended (at once, as
-        a rule: it folds while the answer to the write travels)."""
+        a rule: it folds while the answer to the write travels), or READ_YOUR_WRITES_S has
+        passed, however many partitions it wrote to."""
+        deadline = asyncio.get_running_loop().time() + READ_YOUR_WRITES_S
         for partition, end in list(self._written.items()):
-            await self.projection.wait_past(Position(partition, end - 1), READ_YOUR_WRITES_S)
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return
+            await self.projection.wait_past(Position(partition, end - 1), remaining)
 
     async def trigger(self, call: Call) -> dict[str, Any]:
         kind, params = backfill_params(call.raw_input)
