@@ -86,6 +86,9 @@ class BackfillCompleted(Event, tag="BackfillCompleted", frozen=True, kw_only=Tru
     # and records found gone at the source and deleted from the index.
     skip_reasons: dict[str, int] = {}
     records_deleted: int = 0
+    # The records topic's end offsets when the operation finished: every record event it
+    # wrote lies below them, so an index that has folded this far holds all of them.
+    records_through: dict[int, int] | None = None
     schema_version: int = 2
 
 
@@ -93,6 +96,7 @@ class BackfillFailed(Event, tag="BackfillFailed", frozen=True):
     backfill_type: str
     error: str
     records_processed: int | None = None
+    records_through: dict[int, int] | None = None  # as in BackfillCompleted
 
 
 class BackfillCancelRequested(Event, tag="BackfillCancelRequested", frozen=True):
@@ -103,6 +107,7 @@ class BackfillCancelRequested(Event, tag="BackfillCancelRequested", frozen=True)
 class BackfillCancelled(Event, tag="BackfillCancelled", frozen=True):
     backfill_type: str
     records_processed: int | None = None
+    records_through: dict[int, int] | None = None  # as in BackfillCompleted
 
 
 class RecordUpserted(Event, tag="RecordUpserted", frozen=True):

@@ -5,6 +5,7 @@ one on the first query after fullReindex switches it (projections/index_location
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from pathlib import Path
 
@@ -13,12 +14,17 @@ import aiosqlite
 from projections import index_location, tracking
 from projections.records import RecordIndex
 
+log = logging.getLogger(__name__)
+
 
 class FollowingIndex(RecordIndex):
     def __init__(self, data_dir: Path) -> None:
         super().__init__(index_location.active_path(data_dir))
         self._data_dir = data_dir
         self._stamp: tuple[int, int] | None = None
+        # Queries running together all see the pointer move; one of them moves the
+        # connection, or each would open its own and all but the last would leak.
+        self._moving = asyncio.Lock()
 
     async def open(self) -> None:
         # A reader never creates the index: if the pointer moved on and the file it named is
@@ -35,8 +41,51 @@ class FollowingIndex(RecordIndex):
 
     async def _current(self) -> aiosqlite.Connection:
         if index_location.pointer_stamp(self._data_dir) != self._stamp:
-            old = self._conn
-            await self.open()
-            if old is not None:
-                await old.close()
+            async with self._moving:
+                if index_location.pointer_stamp(self._data_dir) != self._stamp:
+                    old = self._conn
+                    await self.open()
+                    if old is not None:
+                        await old.close()
         return self.conn
+
+    async def positions(self) -> dict[int, int]:
+        await self._current()
+        return await super().positions()
+
+
+class IndexPositions:
+    """How far the record index in a data dir has folded the records topic, for a process
+    that reads the index but does not fold it (the API beside `up`'s work process). None while
+    the data dir holds no index (the API of a deployment whose index lives elsewhere)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self._data_dir = data_dir
+        self._index: FollowingIndex | None = None
+        self._opening = asyncio.Lock()
+
+    async def __call__(self) -> dict[int, int] | None:
+        index = self._index or await self._open()
+        if index is None:
+            return None
+        try:
+            return await index.positions()
+        except sqlite3.Error as exc:
+            log.warning("cannot read the record index's positions: %s", exc)
+            return None
+
+    async def _open(self) -> FollowingIndex | None:
+        async with self._opening:
+            if self._index is None and index_location.active_path(self._data_dir).exists():
+                index = FollowingIndex(self._data_dir)
+                try:
+                    await index.open()
+                except RuntimeError:
+                    return None
+                self._index = index
+            return self._index
+
+    async def close(self) -> None:
+        if self._index is not None:
+            await self._index.close()
+            self._index = None

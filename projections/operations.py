@@ -42,6 +42,8 @@ class Operation(msgspec.Struct, kw_only=True):
     checkpoint: dict[str, Any] | None = None
     sources: list[str] = []
     colocated: bool = False
+    # From the final event: where the records topic ended when the operation finished.
+    records_through: dict[int, int] | None = None
 
     @property
     def finished(self) -> bool:
@@ -98,6 +100,7 @@ def _completed(state: Operation, event: model.BackfillCompleted) -> dict[str, An
         "records_skipped": event.records_skipped,
         "skip_reasons": dict(event.skip_reasons),
         "records_deleted": event.records_deleted,
+        "records_through": event.records_through,
     }
     if event.total_records is not None:
         changes["total_records"] = event.total_records
@@ -109,6 +112,7 @@ def _failed(state: Operation, event: model.BackfillFailed) -> dict[str, Any]:
         "status": "failed",
         "error": event.error,
         "completed_at": event.occurred_at,
+        "records_through": event.records_through,
     }
     if event.records_processed is not None:
         changes["records_processed"] = max(state.records_processed, event.records_processed)
@@ -120,7 +124,11 @@ def _cancel_requested(state: Operation, event: model.BackfillCancelRequested) ->
 
 
 def _cancelled(state: Operation, event: model.BackfillCancelled) -> dict[str, Any]:
-    changes: dict[str, Any] = {"status": "cancelled", "completed_at": event.occurred_at}
+    changes: dict[str, Any] = {
+        "status": "cancelled",
+        "completed_at": event.occurred_at,
+        "records_through": event.records_through,
+    }
     if event.records_processed is not None:
         changes["records_processed"] = max(state.records_processed, event.records_processed)
     return changes

@@ -14,7 +14,7 @@ from events.kafka_log import KafkaEventLog
 from events.log import EventLog
 from events.sqlite_log import SqliteEventLog
 from projections import index_location
-from projections.index_reader import FollowingIndex
+from projections.index_reader import FollowingIndex, IndexPositions
 from projections.operations import OperationsStore
 from projections.rebuild import Reindexer
 from projections.records import RecordIndex
@@ -147,7 +147,10 @@ async def run_api(
         # A write fails by the producer's own request timeout (the record is then dropped,
         # never sent late); the API's bound is a safety net just above it.
         append_timeout_s = settings.kafka_request_timeout_ms / 1000 + 2
-        api = Api(event_log, store, projection, settings.stall_after_s, append_timeout_s)
+        index_folded = IndexPositions(settings.data_dir)
+        api = Api(
+            event_log, store, projection, settings.stall_after_s, append_timeout_s, index_folded
+        )
         app = create_app(api, Lexicons.load(), auth, RateLimiter(settings.rate_limit_per_minute))
         status.add_routes(app, obs.health, obs.metrics, obs.refresh)
         # The page gets local tokens only where the local key is the admin.
@@ -179,6 +182,7 @@ async def run_api(
         finally:
             server.should_exit = True
             await _cancel(tasks)
+            await index_folded.close()
             await store.close()
 
 

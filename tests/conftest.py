@@ -87,3 +87,26 @@ def atproto(tmp_path_factory):
 
     with reference_atproto(tmp_path_factory.mktemp("atproto")) as servers:
         yield servers
+
+
+_opened_sqlite: list = []
+
+
+@pytest.fixture(autouse=True)
+def no_sqlite_connection_outlives_its_test(monkeypatch):
+    """An aiosqlite connection left open keeps a non-daemon thread alive, and the interpreter
+    waits for it at exit: a run that passed then hangs. Every connection a test opens (through
+    the service's code or its own) is closed by the test's end."""
+    import aiosqlite.core
+
+    opened: list = []
+    connect = aiosqlite.core.Connection._connect
+
+    async def tracked(self):
+        opened.append(self)
+        return await connect(self)
+
+    monkeypatch.setattr(aiosqlite.core.Connection, "_connect", tracked)
+    yield
+    left = [c for c in opened if c._connection is not None]
+    assert not left, f"{len(left)} aiosqlite connection(s) still open after the test"

@@ -8,8 +8,10 @@ import re
 
 import pytest
 
+from projections.index_reader import FollowingIndex
 from services.workers import pds_scan
 from testkit.harness import running_service, settings_for, wait_index
+from testkit.waiting import eventually
 
 DATETIME_MS_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
@@ -64,7 +66,18 @@ async def test_pds_scan_reads_all_repos_and_pages(settings, admin, fresh_pds, un
         done = await client.wait_finished(op["id"])
         assert done["status"] == "completed", done
         assert done["recordsProcessed"] == expected
-        await wait_index(settings.data_dir, fresh_pds.chive_uris())
+
+        async def index_current():
+            return (await client.status(op["id"]))["indexCurrent"] or None
+
+        await eventually(index_current, what="the status to say the index holds the records")
+        # The moment the status says so, the index holds every record of the operation.
+        index = FollowingIndex(settings.data_dir)
+        await index.open()
+        try:
+            assert [u for u, _ in await index.uris()] == fresh_pds.chive_uris()
+        finally:
+            await index.close()
         assert fresh_pds.calls["listRepos"] >= 4
 
 

@@ -443,3 +443,63 @@ async def test_a_batch_folds_to_the_same_index_as_its_events_one_by_one(tmp_path
     finally:
         await batched.close()
         await single.close()
+
+
+async def test_queries_that_meet_a_moved_pointer_together_leave_one_connection(tmp_path):
+    """fullReindex switches the pointer while a reader answers several queries at once: one
+    of them moves the reader to the new file; none opens a connection that is never closed."""
+    from projections import index_location
+    from projections.index_reader import FollowingIndex
+
+    data = tmp_path / "data"
+    for rkey, name in enumerate(("records.db", "records-rebuilt.db")):
+        index = RecordIndex(data / name)
+        await index.open()
+        await index.apply([_upsert(f"at://did:plc:a/{SUBMISSION}/{rkey}", "c", 1)], {0: 1})
+        await index.close()
+    reader = FollowingIndex(data)
+    await reader.open()
+    opened = []
+    real_open = reader.open
+
+    async def counting_open() -> None:
+        await real_open()
+        opened.append(reader.conn)
+
+    reader.open = counting_open
+    index_location.switch_to(data, data / "records-rebuilt.db")
+    try:
+        assert await asyncio.gather(*(reader.live_count() for _ in range(8))) == [1] * 8
+        assert reader.path.name == "records-rebuilt.db"
+        assert len(opened) == 1 and reader.conn is opened[0]
+    finally:
+        await reader.close()
+
+
+def test_a_finished_operation_says_whether_the_index_holds_its_records():
+    from projections.operations import fold
+    from services.api.views import operation_view
+
+    running = fold(None, _request("op", 1))
+    done = fold(
+        running,
+        model.BackfillCompleted(
+            event_id=model.new_event_id(),
+            operation_id="op",
+            occurred_at=2,
+            backfill_type="didSync",
+            records_processed=8,
+            records_through={0: 5, 1: 3},
+        ),
+    )
+    assert done.records_through == {0: 5, 1: 3}
+    assert operation_view(done, index_folded={0: 5, 1: 2})["indexCurrent"] is False
+    assert operation_view(done, index_folded={0: 5})["indexCurrent"] is False
+    assert operation_view(done, index_folded={0: 5, 1: 3})["indexCurrent"] is True
+    assert operation_view(done, index_folded={0: 9, 1: 4, 2: 1})["indexCurrent"] is True
+    # Nothing to say without the index, while running, or for an operation finished before
+    # completions recorded where the records topic ended.
+    assert "indexCurrent" not in operation_view(done)
+    assert "indexCurrent" not in operation_view(running, index_folded={0: 9, 1: 9})
+    older = msgspec.structs.replace(done, records_through=None)
+    assert "indexCurrent" not in operation_view(older, index_folded={0: 9, 1: 9})

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -16,7 +17,7 @@ from fastapi.responses import JSONResponse
 
 from events import model
 from events.log import Entry, EventLog, LogUnavailable, Position
-from projections.operations import TERMINAL, InvalidCursor, OperationsStore, fold
+from projections.operations import TERMINAL, InvalidCursor, Operation, OperationsStore, fold
 from projections.runner import ProjectionRunner
 from services.api import xrpc
 from services.api.auth import ServiceAuth
@@ -49,6 +50,9 @@ class Api:
     # How long a trigger waits for the log to confirm its append (Kafka's request timeout
     # plus a margin), before answering 503.
     append_timeout_s: float
+    # The record index's positions on the records topic, where this process can read the
+    # index (None where it cannot): finished operations then say whether it holds their records.
+    index_folded: Callable[[], Awaitable[dict[int, int] | None]] | None = None
 
     def __post_init__(self) -> None:
         # Per partition, the offset after this replica's last append: its reads wait for the
@@ -133,10 +137,16 @@ class Api:
         done, _ = await self.store.list(
             statuses=tuple(sorted(TERMINAL)), type=None, limit=20, cursor=None
         )
-        return [self._view(op) for op in running + done]
+        return await self._views(running + done)
 
-    def _view(self, op) -> dict[str, Any]:
-        return operation_view(op, model.now_ms(), self.stall_after_s * 1000)
+    def _view(self, op: Operation, index_folded: dict[int, int] | None = None) -> dict[str, Any]:
+        return operation_view(op, model.now_ms(), self.stall_after_s * 1000, index_folded)
+
+    async def _views(self, ops: list[Operation]) -> list[dict[str, Any]]:
+        folded = None
+        if self.index_folded is not None and any(op.records_through for op in ops):
+            folded = await self.index_folded()
+        return [self._view(op, folded) for op in ops]
 
     async def status(self, call: Call) -> dict[str, Any]:
         await self._read_own_writes()
@@ -145,7 +155,8 @@ class Api:
             op = await self.store.get(op_id)
             if op is None:
                 raise XrpcError(400, "OperationNotFound", f"No backfill operation {op_id}")
-            return {"operation": self._view(op)}
+            (view,) = await self._views([op])
+            return {"operation": view}
         status = call.params.get("status")
         ops, cursor = await self._page(call, statuses=(status,) if status is not None else None)
         return {"operations": ops, **({"cursor": cursor} if cursor else {})}
@@ -165,7 +176,7 @@ class Api:
             )
         except InvalidCursor as exc:
             raise invalid_request(str(exc)) from None
-        return [self._view(op) for op in ops], cursor
+        return await self._views(ops), cursor
 
     async def cancel(self, call: Call) -> dict[str, Any]:
         await self._read_own_writes()

@@ -9,11 +9,16 @@ from projections.operations import Operation
 
 
 def operation_view(
-    op: Operation, now_ms: int | None = None, stall_after_ms: int | None = None
+    op: Operation,
+    now_ms: int | None = None,
+    stall_after_ms: int | None = None,
+    index_folded: dict[int, int] | None = None,
 ) -> dict[str, Any]:
     """`now_ms` and `stall_after_ms` (read time, never part of a fold) flag a running operation
     with no event for that long as stalled: no worker of its type is alive. It stays resumable;
-    the flag goes away with its next event."""
+    the flag goes away with its next event. `index_folded` (the record index's positions on
+    the records topic, where this process can see the index) tells whether a finished
+    operation's records are all in it."""
     view: dict[str, Any] = {
         "id": op.id,
         "type": op.type,
@@ -47,6 +52,14 @@ def operation_view(
         and now_ms - op.updated_at > stall_after_ms
     ):
         view["stalled"] = True
+    if op.finished and op.records_through is not None and index_folded is not None:
+        view["indexCurrent"] = index_current(op.records_through, index_folded)
     if op.cancel_requested and not op.finished:
         view["cancelRequested"] = True
     return view
+
+
+def index_current(records_through: dict[int, int], index_folded: dict[int, int]) -> bool:
+    """The index has folded every partition at least as far as the records topic reached
+    when the operation finished."""
+    return all(index_folded.get(p, 0) >= end for p, end in records_through.items())

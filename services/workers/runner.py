@@ -18,6 +18,8 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import msgspec
+
 from events import dlq, model
 from events.log import (
     Entry,
@@ -292,6 +294,9 @@ class WorkerService:
         await self._finish(tracked, final)
 
     async def _finish(self, tracked: _Tracked, final: model.OperationEvent) -> None:
+        through = await self._records_end()
+        if through is not None:
+            final = msgspec.structs.replace(final, records_through=through)
         await self._append(final)
         self._track(tracked, fold(tracked.op, final) or tracked.op)
         _log_outcome(final, self._id)
@@ -307,6 +312,17 @@ class WorkerService:
         """Append, waiting out a log outage: an outcome must not be lost."""
         entry = Entry(event.operation_id, model.encode(event), model.headers_for(event))
         await append_patiently(self._log, model.OPERATIONS_TOPIC, [entry])
+
+    async def _records_end(self) -> dict[int, int] | None:
+        """The records topic's end offsets: the operation's record events are all below
+        them (appended, acknowledged, before it finished). None when the log cannot say: the
+        outcome is not held back for it, its status then does not tell whether the index
+        has caught up."""
+        try:
+            return await self._log.end_offsets(model.RECORDS_TOPIC)
+        except LogUnavailable as exc:
+            log.warning("%s: records topic end unknown: %s", self._id, exc)
+            return None
 
     def _cancelled(self, op: Operation, records: int | None) -> model.BackfillCancelled:
         return model.new_event(
