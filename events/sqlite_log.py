@@ -10,7 +10,6 @@ partitions go to the one member); scale-out is what Kafka is for.
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 import time
 import zlib
@@ -18,11 +17,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import aiosqlite
+import msgspec
 
 from events.local_reader import LocalLog
 from events.log import Entry, LogUnavailable, Message, Position
 from events.pulse import Pulse
 from events.sqlite_writer import GroupWriter
+
+# Headers are stored as JSON text; msgspec reads a batch's worth several times faster than json.
+_encode_headers = msgspec.json.Encoder().encode
+_decode_headers = msgspec.json.Decoder().decode
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS topics (name TEXT PRIMARY KEY, partitions INTEGER NOT NULL);
@@ -123,7 +127,15 @@ class SqliteEventLog(LocalLog):
                 offset = next_offsets[p]
                 next_offsets[p] = offset + 1
                 rows.append(
-                    (topic, p, offset, entry.key, json.dumps(entry.headers), entry.value, ts)
+                    (
+                        topic,
+                        p,
+                        offset,
+                        entry.key,
+                        _encode_headers(entry.headers).decode(),
+                        entry.value,
+                        ts,
+                    )
                 )
                 positions.append(Position(p, offset))
             conn.executemany(
@@ -149,7 +161,7 @@ class SqliteEventLog(LocalLog):
         ) as cur:
             rows = await cur.fetchall()
         return [
-            Message(topic, partition, o, k, bytes(v), json.loads(h), ts) for o, k, h, v, ts in rows
+            Message(topic, partition, o, k, v, _decode_headers(h), ts) for o, k, h, v, ts in rows
         ]
 
     async def end_offsets(self, topic: str) -> dict[int, int]:

@@ -3,6 +3,8 @@ projections/record_fold.py), and the queries the API, the CLI and the workers as
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
 from typing import Any
 
 import aiosqlite
@@ -12,13 +14,20 @@ from events import model
 from projections import citations, eprints, record_fold, tracking
 
 _COLUMNS = "uri, did, collection, rkey, cid, value, indexed_at, deleted"
-# What a snapshot holds besides the records: (key prefix, query, how many columns make the key).
-_SNAPSHOT_TABLES = (
-    ("citations", "SELECT * FROM citation_sets", 1),
-    ("citation", "SELECT * FROM extracted_citations", 2),
-    ("key", "SELECT kind, key, uri FROM eprint_keys", 3),
-    ("text", "SELECT uri, title, abstract FROM eprint_text", 1),
-    ("repo", "SELECT * FROM repos", 1),
+# What two folds of the same log agree on, table by table: (name, table, columns, how many
+# leading columns make a row's key). The full-text rows are compared by uri, not rowid.
+_COMPARED = (
+    ("record", "records", _COLUMNS, 1),
+    ("citations", "citation_sets", "uri, document_cid, method, extracted_at, event_id", 1),
+    (
+        "citation",
+        "extracted_citations",
+        "uri, position, title, doi, arxiv_id, year, authors, raw, matched_uri, matched_by",
+        2,
+    ),
+    ("key", "eprint_keys", "kind, key, uri", 3),
+    ("text", "eprint_text", "uri, title, abstract", 1),
+    ("repo", "repos", "did, pds, rev, commit_cid, synced_at", 1),
 )
 
 
@@ -93,12 +102,34 @@ class RecordIndex(tracking.TrackedStore):
         """Everything the index holds, keyed for comparison: records, the citation sets with
         their entries, match keys and full-text rows. Two folds of the same log are equal."""
         conn = await self._current()
-        out: dict[str, tuple] = {f"record {r[0]}": tuple(r) for r in await self.rows()}
-        for name, sql, key_columns in _SNAPSHOT_TABLES:
-            async with conn.execute(sql) as cur:
+        out: dict[str, tuple] = {}
+        for name, table, columns, key_columns in _COMPARED:
+            async with conn.execute(f"SELECT {columns} FROM {table}") as cur:
                 for row in await cur.fetchall():
                     out[" ".join([name, *map(str, row[:key_columns])])] = tuple(row)
         return out
+
+    async def count(self) -> int:
+        """Rows in the records table, tombstones included."""
+        conn = await self._current()
+        async with conn.execute("SELECT COUNT(*) FROM records") as cur:
+            (count,) = await cur.fetchone()
+        return count
+
+    async def differences(self, other: Path) -> list[str]:
+        """Where the index in `other` differs from this one, a line per differing row key
+        (what `snapshot` would show), found by SQLite itself: both ways of EXCEPT per table,
+        then the two sides of each differing key."""
+
+        def compare(conn: sqlite3.Connection) -> list[str]:
+            conn.execute("ATTACH DATABASE ? AS other", (str(other),))
+            try:
+                return [line for spec in _COMPARED for line in _differing(conn, *spec)]
+            finally:
+                conn.execute("DETACH DATABASE other")
+
+        await self._current()
+        return await self.run(compare)
 
     async def synced_repos(self) -> dict[str, tuple[str, str]]:
         """did -> (pds, rev) of every repository last read whole and verified."""
@@ -195,3 +226,26 @@ class RecordIndex(tracking.TrackedStore):
 def _record(row: tuple, values: bool) -> IndexedRecord:
     value = msgspec.json.decode(row[5]) if values and row[5] is not None else None
     return IndexedRecord(*row[:5], value, row[6], bool(row[7]))
+
+
+def _differing(
+    conn: sqlite3.Connection, name: str, table: str, columns: str, key_columns: int
+) -> list[str]:
+    keys = ", ".join(columns.split(", ")[:key_columns])
+    differing: set[tuple] = set()
+    for a, b in (("main", "other"), ("other", "main")):
+        rows = conn.execute(
+            f"SELECT {keys} FROM (SELECT {columns} FROM {a}.{table} "
+            f"EXCEPT SELECT {columns} FROM {b}.{table})"
+        )
+        differing.update(rows)
+    where = " AND ".join(f"{k} IS ?" for k in columns.split(", ")[:key_columns])
+    lines = []
+    for key in sorted(differing, key=repr):
+        mine, theirs = (
+            conn.execute(f"SELECT {columns} FROM {db}.{table} WHERE {where}", key).fetchone()
+            for db in ("main", "other")
+        )
+        label = " ".join([name, *map(str, key)])
+        lines.append(f"records {label}: live {mine!r} != replayed {theirs!r}")
+    return lines

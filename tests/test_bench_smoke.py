@@ -71,3 +71,11 @@ async def test_fold_bench():
     out = await run_bench("bench/fold.py", "--operations", "50", "--repeat", "1")
     figures = json.loads(out[: out.rindex("}") + 1])
     assert figures["events"] == 50 * 23 and figures["fold_events_per_s"] > 0
+
+
+async def test_replay_bench():
+    out = await run_bench("bench/replay.py", "--events", "2300", "--repeat", "1")
+    figures = json.loads(out[: out.rindex("}") + 1])
+    # 2,000 records written, 200 updated, 100 deleted: every row a tombstone or live.
+    assert figures["events"] == 2300 and figures["records"] == 2000
+    assert figures["replay_verify_s"] > 0

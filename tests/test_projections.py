@@ -503,3 +503,38 @@ def test_a_finished_operation_says_whether_the_index_holds_its_records():
     assert "indexCurrent" not in operation_view(running, index_folded={0: 9, 1: 9})
     older = msgspec.structs.replace(done, records_through=None)
     assert "indexCurrent" not in operation_view(older, index_folded={0: 9, 1: 9})
+
+
+async def test_two_indexes_are_compared_table_by_table_inside_sqlite(tmp_path):
+    """What an audit reports: every row key whose rows differ, in any table, either way."""
+    import sqlite3
+
+    def submission(rkey: str, title: str) -> model.RecordUpserted:
+        event = _upsert(f"at://did:plc:a/{SUBMISSION}/{rkey}", f"c{rkey}", 1)
+        value = msgspec.json.encode({"title": title})
+        return msgspec.structs.replace(event, value=msgspec.Raw(value))
+
+    events = [submission("1", "On lichens of granite"), submission("2", "On mosses of bogs")]
+    live, replayed = RecordIndex(tmp_path / "live.db"), RecordIndex(tmp_path / "replayed.db")
+    for index in (live, replayed):
+        await index.open()
+        await index.apply(events, {0: 2})
+    try:
+        assert await live.differences(replayed.path) == []
+        with sqlite3.connect(live.path) as db:
+            db.execute("UPDATE eprint_text SET title = 'On ferns' WHERE uri LIKE '%/1'")
+            db.execute("DELETE FROM eprint_keys WHERE kind = 'title' AND uri LIKE '%/2'")
+        await replayed.apply([_upsert("at://did:plc:b/x/3", "c3", 2)], {0: 3})
+        lines = await live.differences(replayed.path)
+        assert len(lines) == 3, lines
+        by_table = {line.split()[1]: line for line in lines}
+        text, key, record = by_table["text"], by_table["key"], by_table["record"]
+        assert text.startswith(f"records text at://did:plc:a/{SUBMISSION}/1: live (")
+        assert "On ferns" in text and "On lichens of granite" in text
+        assert key.startswith("records key title ")
+        assert f"{SUBMISSION}/2: live None != replayed ('title', " in key
+        assert record.startswith("records record at://did:plc:b/x/3: live None != replayed (")
+        assert await live.count() == 2 and await replayed.count() == 3
+    finally:
+        await live.close()
+        await replayed.close()
