@@ -19,6 +19,7 @@ from pathlib import Path
 import aiosqlite
 import msgspec
 
+from events import aio_sqlite
 from events.local_reader import LocalLog
 from events.log import Entry, LogUnavailable, Message, Position
 from events.pulse import Pulse
@@ -73,7 +74,7 @@ class SqliteEventLog(LocalLog):
         await writer.open(_SCHEMA)
         self._writer = writer
         # Reads only (the writer made the file WAL): nothing to set up on it.
-        self._read = await aiosqlite.connect(self.path, isolation_level=None, timeout=30)
+        self._read = await aio_sqlite.connect(self.path, isolation_level=None, timeout=30)
 
     async def close(self) -> None:
         if self._read is not None:

@@ -11,6 +11,8 @@ from typing import TypeVar
 
 import aiosqlite
 
+from events import aio_sqlite
+
 T = TypeVar("T")
 
 SCHEMA = """
@@ -25,10 +27,10 @@ async def connect(path: Path, schema: str, create: bool = True) -> aiosqlite.Con
     """`create=False`: open an existing database only (sqlite3.OperationalError if missing)."""
     if create:
         path.parent.mkdir(parents=True, exist_ok=True)
-        conn = await aiosqlite.connect(path, isolation_level=None, timeout=30)
+        conn = await aio_sqlite.connect(path, isolation_level=None, timeout=30)
     else:
         uri = path.absolute().as_uri() + "?mode=rw"  # noqa: ASYNC240 (no I/O: string only)
-        conn = await aiosqlite.connect(uri, uri=True, isolation_level=None, timeout=30)
+        conn = await aio_sqlite.connect(uri, uri=True, isolation_level=None, timeout=30)
     try:
         await conn.execute("PRAGMA journal_mode=WAL")
         # NORMAL, not FULL: a commit here does not wait for the disk. A power cut may take

@@ -538,3 +538,33 @@ async def test_two_indexes_are_compared_table_by_table_inside_sqlite(tmp_path):
     finally:
         await live.close()
         await replayed.close()
+
+
+def test_a_process_that_leaves_a_projection_open_still_exits(tmp_path):
+    """A connection left open (a bug, a part cancelled while starting) must not hold the
+    interpreter at exit: the process ends when its work does."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = (
+        "import asyncio, pathlib, sys\n"
+        "from projections.operations import OperationsStore\n"
+        "kept = []  # still referenced at exit, so never collected (and closed) before it\n"
+        "async def main():\n"
+        "    store = OperationsStore(pathlib.Path(sys.argv[1]))\n"
+        "    await store.open()\n"
+        "    kept.append(store)\n"
+        "    await store.all()\n"
+        "    print('opened', flush=True)\n"
+        "asyncio.run(main())\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "ops.db")],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0 and done.stdout == "opened\n", done.stderr
