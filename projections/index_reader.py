@@ -17,6 +17,11 @@ from projections.records import RecordIndex
 log = logging.getLogger(__name__)
 
 
+# How long a connection to an index the pointer moved away from stays open: queries that
+# were already running on it finish there.
+RETIRE_AFTER_S = 60.0
+
+
 class FollowingIndex(RecordIndex):
     def __init__(self, data_dir: Path) -> None:
         super().__init__(index_location.active_path(data_dir))
@@ -25,28 +30,42 @@ class FollowingIndex(RecordIndex):
         # Queries running together all see the pointer move; one of them moves the
         # connection, or each would open its own and all but the last would leak.
         self._moving = asyncio.Lock()
+        self._retired: list[tuple[float, aiosqlite.Connection]] = []
 
     async def open(self) -> None:
         # A reader never creates the index: if the pointer moved on and the file it named is
-        # gone already, read the pointer again.
+        # gone already, read the pointer again. The stamp, path and connection change
+        # together once connected: a query that sees the new stamp gets the new connection.
         for _ in range(10):
-            self._stamp = index_location.pointer_stamp(self._data_dir)
-            self.path = index_location.active_path(self._data_dir)
+            stamp = index_location.pointer_stamp(self._data_dir)
+            path = index_location.active_path(self._data_dir)
             try:
-                self._conn = await tracking.connect(self.path, self.schema, create=False)
-                return
+                conn = await tracking.connect(path, self.schema, create=False)
             except sqlite3.OperationalError:
                 await asyncio.sleep(0.05)
+                continue
+            self._stamp, self.path, self._conn = stamp, path, conn
+            return
         raise RuntimeError(f"no record index in {self._data_dir}")
 
+    async def close(self) -> None:
+        for _, conn in self._retired:
+            await conn.close()
+        self._retired.clear()
+        await super().close()
+
     async def _current(self) -> aiosqlite.Connection:
+        now = asyncio.get_running_loop().time()
+        while self._retired and now - self._retired[0][0] >= RETIRE_AFTER_S:
+            await self._retired.pop(0)[1].close()
         if index_location.pointer_stamp(self._data_dir) != self._stamp:
             async with self._moving:
                 if index_location.pointer_stamp(self._data_dir) != self._stamp:
                     old = self._conn
                     await self.open()
                     if old is not None:
-                        await old.close()
+                        # Not closed yet: queries begun on it may still be reading.
+                        self._retired.append((now, old))
         return self.conn
 
     async def positions(self) -> dict[int, int]:
