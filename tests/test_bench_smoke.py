@@ -79,3 +79,10 @@ async def test_replay_bench():
     # 2,000 records written, 200 updated, 100 deleted: every row a tombstone or live.
     assert figures["events"] == 2300 and figures["records"] == 2000
     assert figures["replay_verify_s"] > 0
+
+
+async def test_memory_bench():
+    out = await run_bench("bench/memory.py", "--records", "400,800")
+    figures = json.loads(out[: out.rindex("}") + 1])
+    assert [r["records"] for r in figures["runs"]] == [400, 800]
+    assert all(r["peak_rss_mb"] >= r["idle_rss_mb"] > 0 for r in figures["runs"])

@@ -20,6 +20,7 @@ from services.workers.repo_sync import UNVERIFIED
 from testkit import repo_car
 from testkit.handlers import LOOPBACK, services_for, work_context
 from testkit.servers import cid_for
+from testkit.waiting import eventually
 
 pytestmark = pytest.mark.unit
 
@@ -193,3 +194,63 @@ async def test_a_resumed_freshness_scan_starts_at_the_next_unfinished_repo(
         if isinstance(e, model.RepoSynced)
     ]
     assert sorted(synced) == sorted([*dids, *dids[2:]])
+
+
+async def test_pds_scan_reads_several_pdses_side_by_side(log, plc, unique):
+    """A slow PDS does not hold the others back: while one has not even listed its repos,
+    another is read whole; in the end every PDS is counted once, each in its own progress."""
+    from services.workers import pds_scan
+    from testkit.servers import FakePds
+
+    slow, quick, third = (FakePds(plc).start() for _ in range(3))
+    try:
+        for i, pds in enumerate((slow, quick, third)):
+            pds.add_repo(f"did:plc:side{i}{unique}", {"pub.chive.graph.node": 30 + i})
+        slow.faults.stalls["listRepos"] = [30.0]
+        checkpoint = {"pds_urls": [slow.url, quick.url, third.url]}
+        scan = asyncio.create_task(
+            run_handler(pds_scan.run, "pdsScan", {}, log, plc, checkpoint, timeout_s=60)
+        )
+
+        async def others_read() -> bool:
+            return quick.calls.get("getRepo", 0) == 1 and third.calls.get("getRepo", 0) == 1
+
+        await eventually(others_read, timeout=10, what="the other PDSes read meanwhile")
+        assert slow.calls.get("getRepo", 0) == 0 and not scan.done()
+        scan.cancel()
+        await asyncio.gather(scan, return_exceptions=True)
+
+        slow.faults.stalls.clear()
+        fresh = MemoryEventLog(partitions=2)
+        await fresh.start()
+        outcome, progress = await run_handler(pds_scan.run, "pdsScan", {}, fresh, plc, checkpoint)
+        assert outcome.records_processed == 30 + 31 + 32
+        assert outcome.sources == [slow.url, quick.url, third.url]
+        # Progress is kept per PDS.
+        assert set(progress[-1].checkpoint["pds"]) == set(checkpoint["pds_urls"])
+        assert len(upserts(await read_to_end(fresh, model.RECORDS_TOPIC))) == 93
+        await fresh.close()
+    finally:
+        for pds in (slow, quick, third):
+            pds.stop()
+
+
+def test_a_pds_scan_checkpoint_from_before_side_by_side_resumes_where_it_was():
+    from services.workers.pds_scan import Checkpoint, PdsProgress, _upcast
+
+    state = Checkpoint(
+        pds_urls=["https://a", "https://b", "https://c"],
+        pds_index=1,
+        page_cursor="page-2",
+        done=["did:plc:x"],
+        count=70,
+    )
+    _upcast(state)
+    assert state.pds == {
+        "https://a": PdsProgress(finished=True),
+        "https://b": PdsProgress("page-2", ["did:plc:x"]),
+    }
+    assert (state.pds_index, state.page_cursor, state.done, state.count) == (0, None, [], 70)
+    fresh = Checkpoint(pds_urls=["https://a"])
+    _upcast(fresh)
+    assert fresh.pds == {}

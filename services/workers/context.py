@@ -27,6 +27,7 @@ from services.logs import operation_fields
 from services.settings import Settings
 from services.workers.grobid import Grobid
 from services.workers.pdf_text import PdfTextPool
+from services.workers.source_slots import SourceSlots
 from services.workers.xrpc_client import XrpcClient
 
 INDEX_READY_S = 60.0
@@ -89,6 +90,13 @@ class Services:
     grobid: Grobid | None = None
     pdf: PdfTextPool | None = None
     limits: Limits = field(default_factory=lambda: Limits.of(Settings()))
+    # Requests in flight to sources, bounded for the process (made from `limits`).
+    slots: SourceSlots = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.slots = SourceSlots(
+            self.limits.source_concurrency, self.limits.source_concurrency_per_pds
+        )
 
 
 Appender = Callable[[model.OperationEvent], Awaitable[None]]

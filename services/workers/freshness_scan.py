@@ -191,10 +191,6 @@ async def by_record(
 ) -> None:
     """Check each live record of the repos not in `skip` with getRecord."""
     limits = ctx.services.limits
-    overall = asyncio.Semaphore(limits.source_concurrency)
-    per_pds: dict[str, asyncio.Semaphore] = defaultdict(
-        lambda: asyncio.Semaphore(limits.source_concurrency_per_pds)
-    )
     circuits: dict[str, _Circuit] = defaultdict(lambda: _Circuit(limits.source_circuit_failures))
 
     async def check(record: IndexedRecord) -> Handled:
@@ -205,7 +201,7 @@ async def by_record(
         circuit = circuits[pds]
         if circuit.open:
             return f"PDS unreachable: {pds}", None
-        async with overall, per_pds[pds]:
+        async with ctx.services.slots.held(pds):
             if circuit.open:
                 return f"PDS unreachable: {pds}", None
             try:

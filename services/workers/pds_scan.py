@@ -4,9 +4,11 @@ Each repo is read whole with com.atproto.sync.getRepo and verified against its D
 key (a repo that does not verify is skipped with the reason); a PDS that does not serve getRepo
 is read page by page with listRecords, and skipReasons counts those records as unverified.
 Without `pdsUrl` it scans every PDS the service has learned of: the sources of all completed
-didSync and pdsScan operations on the log. Repos of one listRepos page are scanned with bounded
-concurrency; the checkpoint holds the page's cursor and the repos of it already finished, so a
-resumed scan re-reads only unfinished repos. recordsProcessed = pub.chive.* records read.
+didSync and pdsScan operations on the log, several side by side. Repos are read with bounded
+concurrency, per PDS and overall (CHIVE_SOURCE_CONCURRENCY_PER_PDS, CHIVE_SOURCE_CONCURRENCY);
+the checkpoint holds, per PDS, the cursor of its listRepos page and the repos of it already
+finished (or that the PDS is done), so a resumed scan re-reads only unfinished repos.
+recordsProcessed = pub.chive.* records read.
 """
 
 from __future__ import annotations
@@ -32,42 +34,76 @@ from services.workers.xrpc_client import SourceUnavailable, XrpcCallError
 REPOS_PAGE = 200
 
 
-class Checkpoint(msgspec.Struct):
-    pds_urls: list[str] = []
-    pds_index: int = 0
+class PdsProgress(msgspec.Struct):
     # Cursor that fetches the listRepos page being worked on (None: the first page).
     page_cursor: str | None = None
-    done: list[str] = []
+    done: list[str] = []  # repos of that page already finished
+    finished: bool = False
+
+
+class Checkpoint(msgspec.Struct):
+    pds_urls: list[str] = []
+    pds: dict[str, PdsProgress] = {}
     count: int = 0
     skipped: int = 0
     reasons: dict[str, int] = {}
     unreachable: list[str] = []
+    # Written before PDSes were scanned side by side (one at a time, in order): the PDS being
+    # scanned and its page. Read once on resume into `pds`.
+    pds_index: int = 0
+    page_cursor: str | None = None
+    done: list[str] = []
+
+
+def _upcast(state: Checkpoint) -> None:
+    if state.pds or not (state.pds_index or state.page_cursor or state.done):
+        return
+    for i, url in enumerate(state.pds_urls[: state.pds_index + 1]):
+        if i < state.pds_index:
+            state.pds[url] = PdsProgress(finished=True)
+        else:
+            state.pds[url] = PdsProgress(state.page_cursor, list(state.done))
+    state.pds_index, state.page_cursor, state.done = 0, None, []
 
 
 async def run(ctx: WorkContext) -> Outcome:
     state = from_checkpoint(ctx.checkpoint, Checkpoint)
+    _upcast(state)
     if not state.pds_urls:
         if "pdsUrl" in ctx.params:
             state.pds_urls = [ctx.params["pdsUrl"]]
         else:
             state.pds_urls = await known_pds_urls(ctx.services.event_log)
-    in_flight: dict[str, int] = {}
+    in_flight: dict[tuple[str, str], int] = {}
 
     async def report() -> None:
         live = state.count + sum(in_flight.values())
         await ctx.progress(live, to_checkpoint(state))
 
-    while state.pds_index < len(state.pds_urls):
-        pds_url = state.pds_urls[state.pds_index]
-        try:
-            await _scan_pds(ctx, pds_url, state, in_flight, report)
-        except SourceUnavailable as exc:
-            state.unreachable.append(f"{pds_url} ({exc})")
-        state.pds_index += 1
-        state.page_cursor, state.done = None, []
-        await report()
+    # PDSes side by side: with many small PDSes, each a round trip away, one at a time would
+    # leave the process's allowance of requests unused (services/workers/source_slots.py).
+    limits = ctx.services.limits
+    todo = iter([u for u in state.pds_urls if not state.pds.get(u, PdsProgress()).finished])
+
+    async def scanner() -> None:
+        for pds_url in todo:  # shared: each PDS is taken by one scanner
+            progress = state.pds.setdefault(pds_url, PdsProgress())
+            try:
+                await _scan_pds(ctx, pds_url, progress, state, in_flight, report)
+            except SourceUnavailable as exc:
+                state.unreachable.append(f"{pds_url} ({exc})")
+            state.pds[pds_url] = PdsProgress(finished=True)
+            await report()
+
+    pending = sum(1 for u in state.pds_urls if not state.pds.get(u, PdsProgress()).finished)
+    try:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(min(pending, limits.source_concurrency)):
+                group.create_task(scanner())
+    except ExceptionGroup as group_error:
+        raise _first_leaf(group_error) from None
     if state.unreachable:
-        raise OperationFailed("PDS unreachable: " + "; ".join(state.unreachable))
+        raise OperationFailed("PDS unreachable: " + "; ".join(sorted(state.unreachable)))
     return Outcome(
         records_processed=state.count,
         records_skipped=state.skipped,
@@ -76,30 +112,30 @@ async def run(ctx: WorkContext) -> Outcome:
     )
 
 
-async def _scan_pds(ctx, pds_url, state: Checkpoint, in_flight, report) -> None:
+async def _scan_pds(
+    ctx, pds_url, progress: PdsProgress, state: Checkpoint, in_flight, report
+) -> None:
     client = ctx.services.client
-    semaphore = asyncio.Semaphore(
-        min(ctx.services.limits.source_concurrency, ctx.services.limits.source_concurrency_per_pds)
-    )
     pages = 0
     while True:
         ctx.check_cancelled()
-        page = await list_repos_page(client, pds_url, state.page_cursor, REPOS_PAGE)
+        page = await list_repos_page(client, pds_url, progress.page_cursor, REPOS_PAGE)
         pages += 1
         if pages > MAX_REPO_PAGES:
             raise SourceUnavailable(f"{pds_url} kept paging listRepos past {MAX_REPO_PAGES} pages")
-        done = set(state.done)
+        done = set(progress.done)
         todo = [r.did for r in page.repos if r.active and r.did not in done]
 
         async def one(did: str) -> None:
-            async with semaphore:
+            async with ctx.services.slots.held(pds_url):
                 ctx.check_cancelled()
-                in_flight[did] = 0
-                skipped = await _read_one(ctx, pds_url, did, in_flight, report)
-                state.count += in_flight.pop(did)
+                key = (pds_url, did)
+                in_flight[key] = 0
+                skipped = await _read_one(ctx, pds_url, did, key, in_flight, report)
+                state.count += in_flight.pop(key)
                 state.skipped += sum(1 for r in skipped if r != UNVERIFIED)
                 count_reasons(state.reasons, skipped)
-                state.done.append(did)
+                progress.done.append(did)
                 await report()
 
         try:
@@ -111,16 +147,18 @@ async def _scan_pds(ctx, pds_url, state: Checkpoint, in_flight, report) -> None:
             raise _first_leaf(group_error) from None
         if not page.repos or not page.cursor:
             return
-        state.page_cursor, state.done = page.cursor, []
+        progress.page_cursor, progress.done = page.cursor, []
         await report()
 
 
-async def _read_one(ctx, pds_url: str, did: str, in_flight: dict[str, int], report) -> list[str]:
+async def _read_one(
+    ctx, pds_url: str, did: str, key: tuple[str, str], in_flight: dict, report
+) -> list[str]:
     """Index one repo: whole and verified (getRepo), else page by page (listRecords). The
     skip reasons of its records; UNVERIFIED once per record read with listRecords."""
 
     async def appended(count: int) -> None:
-        in_flight[did] = count
+        in_flight[key] = count
         await report()
 
     try:
@@ -131,12 +169,12 @@ async def _read_one(ctx, pds_url: str, did: str, in_flight: dict[str, int], repo
         return []  # taken down, deactivated or deleted since listRepos: nothing to index
     if read is not None:
         return read.skipped
-    in_flight[did] = 0
+    in_flight[key] = 0
     skipped: list[str] = []
 
     async def on_page(events, _position: RepoPosition, invalid: list[str]) -> None:
         await ctx.emit_records(events)
-        in_flight[did] += len(events)
+        in_flight[key] += len(events)
         skipped.extend(invalid)
         skipped.extend([UNVERIFIED] * len(events))
         await report()

@@ -1,0 +1,111 @@
+"""Worker memory while scanning: the peak resident set of `chive-backfill up`'s work process
+(the six workers and the record projection) during a pdsScan of N records in 20 repos on a
+loopback PDS (a process of its own), for each N given. Flat in the record count means the
+largest scan peaks where the smallest does (the ratio is printed).
+
+The peak is the kernel's high-water mark of the process (VmHWM), read when the scan has
+finished, so no sample can miss it.
+
+Run: .venv/bin/python bench/memory.py [--records 50000,200000] [--logs sqlite]
+Prints one JSON object, then one line per figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.trigger import TRIGGER, _bearer, _scan_done, _until_up, loopback_pds, process
+from testkit.broker import free_port, kafka_broker
+from testkit.harness import Admin, service_env
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        found += [int(c) for c in text]
+    return found
+
+
+def status_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def work_process(up_pid: int) -> int:
+    """The child of `up` running `chive-backfill work`."""
+    for child in children(up_pid):
+        if b"work" in Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0"):
+            return child
+    raise RuntimeError("no work process under chive-backfill up")
+
+
+async def one(records: int, kafka: str | None) -> dict:
+    admin = Admin()
+    with tempfile.TemporaryDirectory() as tmp, loopback_pds(records, 20) as (plc, pds):
+        port = free_port()
+        env = service_env(Path(tmp) / "data", port, plc, admin, kafka, f"mem{time.time_ns()}")
+        log = Path(tmp) / "up.log"
+        with process([sys.executable, "-m", "services.cli", "up"], env, log) as up:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+                await _until_up(http)
+                work = work_process(up.pid)
+                idle_kib = status_kib(work, "VmRSS")
+                t0 = time.perf_counter()
+                r = await http.post(
+                    f"/xrpc/{TRIGGER}",
+                    json={"type": "pdsScan", "pdsUrl": pds},
+                    headers=_bearer(admin.token(TRIGGER)),
+                )
+                done = await _scan_done(http, admin, r.json()["operation"]["id"])
+                elapsed = time.perf_counter() - t0
+                peak_kib = status_kib(work, "VmHWM")
+    assert done["status"] == "completed" and done["recordsProcessed"] == records, done
+    return {
+        "records": records,
+        "log": "kafka" if kafka else "sqlite",
+        "idle_rss_mb": round(idle_kib / 1024, 1),
+        "peak_rss_mb": round(peak_kib / 1024, 1),
+        "scan_s": round(elapsed, 1),
+    }
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--records", default="50000,200000")
+    parser.add_argument("--logs", default="sqlite")
+    args = parser.parse_args()
+    sizes = [int(n) for n in args.records.split(",")]
+    runs = []
+    for kind in args.logs.split(","):
+        if kind == "kafka":
+            with kafka_broker() as (bootstrap, _):
+                runs += [await one(n, bootstrap) for n in sizes]
+        else:
+            runs += [await one(n, None) for n in sizes]
+    print(json.dumps({"runs": runs}, indent=2))
+    for kind in args.logs.split(","):
+        mine = [r for r in runs if r["log"] == kind]
+        first, last = mine[0], mine[-1]
+        print(
+            f"{kind}: work process peak RSS "
+            + ", ".join(f"{r['peak_rss_mb']} MB at {r['records']} records" for r in mine)
+            + f" (idle {first['idle_rss_mb']} MB; largest/smallest peak "
+            f"{last['peak_rss_mb'] / first['peak_rss_mb']:.2f}x; target <= 150 MB, flat)"
+        )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
