@@ -59,8 +59,12 @@ async def test_repo_sync_bench(atproto):  # the reference servers are installed 
             ("bench/trigger.py", "--requests", "10", "--scan-records", "400"),
             "during a 400-record pdsScan",
         ),
+        (
+            ("bench/many_pds.py", "--pdses", "3", "--repos", "2", "--records", "5", "--repeat=1"),
+            "one pdsScan per PDS, 1 worker",
+        ),
     ],
-    ids=["api_latency", "backfill", "trigger"],
+    ids=["api_latency", "backfill", "trigger", "many_pds"],
 )
 async def test_bench_prints_its_figures(args, expect, kafka_bootstrap):
     out = await run_bench(*args, timeout=280, kafka=kafka_bootstrap)
