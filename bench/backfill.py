@@ -14,6 +14,7 @@
   into a fresh index with the audit's replay in the same run.
 
 Run: .venv/bin/python bench/backfill.py [--repeat 5] [--records 20000]
+Prints one JSON object, then one line per figure.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import statistics
 import sys
 import tempfile
@@ -175,32 +177,53 @@ async def main() -> None:
         base_rate = total / statistics.median(baseline)
         whole = [await baseline_get_repo(pds) for _ in range(args.repeat)]
         whole_rate = total / statistics.median(whole)
-        print(f"records: {total} in {repos} repos; broker: {broker}; repeat: {args.repeat}")
-        print(f"baseline  fetch only (sequential listRecords): {base_rate:10.0f} records/s")
-        print(f"baseline  fetch only (getRepo, as pdsScan):    {whole_rate:10.0f} records/s")
+        figures: dict = {
+            "records": total,
+            "repos": repos,
+            "broker": broker,
+            "baseline_listrecords_per_s": round(base_rate),
+            "baseline_getrepo_per_s": round(whole_rate),
+        }
+        lines = [
+            f"records: {total} in {repos} repos; broker: {broker}; repeat: {args.repeat}",
+            f"baseline  fetch only (sequential listRecords): {base_rate:10.0f} records/s",
+            f"baseline  fetch only (getRepo, as pdsScan):    {whole_rate:10.0f} records/s",
+        ]
         for kind, servers in (("sqlite", None), ("kafka", bootstrap)):
             runs = [await one_run(kind, servers, pds, plc, total, r) for r in range(args.repeat)]
             med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
             rate = total / med["scan_s"]
             lags = sorted(r["index_lag_ms"] for r in runs)
-            print(
+            figures[kind] = {
+                "trigger_ms": round(med["trigger_ms"], 1),
+                "visible_ms": round(med["visible_ms"], 1),
+                "pds_scan_per_s": round(rate),
+                "pds_scan_of_getrepo": round(rate / whole_rate, 2),
+                "pds_scan_of_listrecords": round(rate / base_rate, 2),
+                "index_lag_ms_median": round(med["index_lag_ms"]),
+                "index_lag_ms_worst": round(lags[-1]),
+                "replay_fold_per_s": round(med["fold_rate"]),
+                "reindex_100_per_s": round(med["reindex_100"]),
+                "reindex_1000_per_s": round(med["reindex_1000"]),
+                "reindex_100_of_fold": round(med["reindex_100"] / med["fold_rate"], 2),
+                "reindex_1000_of_fold": round(med["reindex_1000"] / med["fold_rate"], 2),
+            }
+            lines += [
                 f"{kind:7s} trigger response {med['trigger_ms']:6.1f} ms  "
                 f"visible in status {med['visible_ms']:6.1f} ms  "
                 f"pdsScan indexed {rate:8.0f} records/s  "
                 f"({rate / whole_rate:.2f}x fetching the repos alone as pdsScan does; "
-                f"{rate / base_rate:.2f}x sequential listRecords)"
-            )
-            print(
-                f"{kind:7s} completed -> indexCurrent in status: median {med['index_lag_ms']:.0f}"
-                f" ms, worst of {len(lags)} {lags[-1]:.0f} ms"
-            )
-            print(
+                f"{rate / base_rate:.2f}x sequential listRecords)",
+                f"{kind:7s} completed -> indexCurrent in status: median "
+                f"{med['index_lag_ms']:.0f} ms, worst of {len(lags)} {lags[-1]:.0f} ms",
                 f"{kind:7s} fullReindex batchSize 100: {med['reindex_100']:8.0f} events/s "
                 f"({med['reindex_100'] / med['fold_rate']:.2f}x), batchSize 1000: "
                 f"{med['reindex_1000']:8.0f} events/s "
                 f"({med['reindex_1000'] / med['fold_rate']:.2f}x the plain replay fold, "
-                f"{med['fold_rate']:.0f} events/s)"
-            )
+                f"{med['fold_rate']:.0f} events/s)",
+            ]
+    print(json.dumps(figures, indent=2))
+    print("\n".join(lines))
     pds.stop()
     plc.stop()
 

@@ -90,3 +90,14 @@ async def test_memory_bench():
     figures = json.loads(out[: out.rindex("}") + 1])
     assert [r["records"] for r in figures["runs"]] == [400, 800]
     assert all(r["peak_rss_mb"] >= r["idle_rss_mb"] > 0 for r in figures["runs"])
+
+
+async def test_one_command_runs_the_benches_and_rates_each_target():
+    out = await run_bench("bench/all.py", "--quick", "--only", "fold,replay")
+    figures = json.loads(out[: out.rindex("}") + 1])
+    assert set(figures) == {"fold", "replay"}
+    rated = [line for line in out.splitlines() if line.startswith(("met", "NOT MET"))]
+    assert [line.split(": ")[0].split("  ")[-1] for line in rated] == [
+        "in-memory fold >= 60% of decoding, >= 300k events/s",
+        "replay --verify of 1,000,000 events <= 60 s",
+    ]
