@@ -4,6 +4,7 @@ projections/record_fold.py), and the queries the API, the CLI and the workers as
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,19 +16,21 @@ from projections import citations, eprints, record_fold, tracking
 
 _COLUMNS = "uri, did, collection, rkey, cid, value, indexed_at, deleted"
 # What two folds of the same log agree on, table by table: (name, table, columns, how many
-# leading columns make a row's key). The full-text rows are compared by uri, not rowid.
+# leading columns make a row's key, whether that key is the table's primary key). The
+# full-text rows are compared by uri, not rowid.
 _COMPARED = (
-    ("record", "records", _COLUMNS, 1),
-    ("citations", "citation_sets", "uri, document_cid, method, extracted_at, event_id", 1),
+    ("record", "records", _COLUMNS, 1, True),
+    ("citations", "citation_sets", "uri, document_cid, method, extracted_at, event_id", 1, True),
     (
         "citation",
         "extracted_citations",
         "uri, position, title, doi, arxiv_id, year, authors, raw, matched_uri, matched_by",
         2,
+        True,
     ),
-    ("key", "eprint_keys", "kind, key, uri", 3),
-    ("text", "eprint_text", "uri, title, abstract", 1),
-    ("repo", "repos", "did, pds, rev, commit_cid, synced_at", 1),
+    ("key", "eprint_keys", "kind, key, uri", 3, True),
+    ("text", "eprint_text", "uri, title, abstract", 1, False),
+    ("repo", "repos", "did, pds, rev, commit_cid, synced_at", 1, True),
 )
 
 
@@ -51,13 +54,18 @@ class RecordIndex(tracking.TrackedStore):
         return self.conn
 
     async def apply(self, events: list[model.AnyEvent], positions: dict[int, int]) -> None:
+        await self.commit_in_one_hop(positions, self.prepare(events))
+
+    def prepare(self, events: list[model.AnyEvent]) -> Callable[[sqlite3.Connection], None]:
+        """The write that folds `events`, its statements built now (on the caller's thread):
+        a replay builds the next batch's while the connection's thread writes the last."""
         statements = list(record_fold.runs(events))
 
-        def write(conn) -> None:
+        def write(conn: sqlite3.Connection) -> None:
             for sql, rows in statements:
                 conn.executemany(sql, rows)
 
-        await self.commit_in_one_hop(positions, write)
+        return write
 
     async def live_count(self, collection: str | None = None) -> int:
         conn = await self._current()
@@ -103,7 +111,7 @@ class RecordIndex(tracking.TrackedStore):
         their entries, match keys and full-text rows. Two folds of the same log are equal."""
         conn = await self._current()
         out: dict[str, tuple] = {}
-        for name, table, columns, key_columns in _COMPARED:
+        for name, table, columns, key_columns, _ in _COMPARED:
             async with conn.execute(f"SELECT {columns} FROM {table}") as cur:
                 for row in await cur.fetchall():
                     out[" ".join([name, *map(str, row[:key_columns])])] = tuple(row)
@@ -123,9 +131,12 @@ class RecordIndex(tracking.TrackedStore):
 
         def compare(conn: sqlite3.Connection) -> list[str]:
             conn.execute("ATTACH DATABASE ? AS other", (str(other),))
+            # The full-text rows' EXCEPT sorts in memory, not in temporary files.
+            conn.execute("PRAGMA temp_store = MEMORY")
             try:
                 return [line for spec in _COMPARED for line in _differing(conn, *spec)]
             finally:
+                conn.execute("PRAGMA temp_store = DEFAULT")
                 conn.execute("DETACH DATABASE other")
 
         await self._current()
@@ -229,17 +240,39 @@ def _record(row: tuple, values: bool) -> IndexedRecord:
 
 
 def _differing(
-    conn: sqlite3.Connection, name: str, table: str, columns: str, key_columns: int
+    conn: sqlite3.Connection, name: str, table: str, columns: str, key_columns: int, keyed: bool
 ) -> list[str]:
-    keys = ", ".join(columns.split(", ")[:key_columns])
+    names = columns.split(", ")
+    keys, values = names[:key_columns], names[key_columns:]
     differing: set[tuple] = set()
-    for a, b in (("main", "other"), ("other", "main")):
-        rows = conn.execute(
-            f"SELECT {keys} FROM (SELECT {columns} FROM {a}.{table} "
-            f"EXCEPT SELECT {columns} FROM {b}.{table})"
+    if keyed:
+        # Row by row along the primary key: a join walks both tables' key indexes, with no
+        # temporary copy of either table (an EXCEPT sorts a whole side first).
+        on = " AND ".join(f"b.{k} = a.{k}" for k in keys)
+        changed = " OR ".join([f"b.{keys[0]} IS NULL", *(f"a.{v} IS NOT b.{v}" for v in values)])
+        picked = ", ".join(f"a.{k}" for k in keys)
+        differing.update(
+            conn.execute(
+                f"SELECT {picked} FROM main.{table} a LEFT JOIN other.{table} b ON {on} "
+                f"WHERE {changed}"
+            )
         )
-        differing.update(rows)
-    where = " AND ".join(f"{k} IS ?" for k in columns.split(", ")[:key_columns])
+        picked = ", ".join(f"b.{k}" for k in keys)
+        differing.update(
+            conn.execute(
+                f"SELECT {picked} FROM other.{table} b "
+                f"WHERE NOT EXISTS (SELECT 1 FROM main.{table} a WHERE {on})"
+            )
+        )
+    else:
+        for a, b in (("main", "other"), ("other", "main")):
+            differing.update(
+                conn.execute(
+                    f"SELECT {', '.join(keys)} FROM (SELECT {columns} FROM {a}.{table} "
+                    f"EXCEPT SELECT {columns} FROM {b}.{table})"
+                )
+            )
+    where = " AND ".join(f"{k} IS ?" for k in keys)
     lines = []
     for key in sorted(differing, key=repr):
         mine, theirs = (

@@ -23,8 +23,20 @@ CREATE TABLE IF NOT EXISTS tracking (
 """
 
 
-async def connect(path: Path, schema: str, create: bool = True) -> aiosqlite.Connection:
-    """`create=False`: open an existing database only (sqlite3.OperationalError if missing)."""
+# Per connection: the pages a fold of a large batch touches (the records table and its
+# indexes) stay in memory instead of being read back from the file.
+CACHE_KIB = 16 * 1024
+# WAL pages before a checkpoint copies them into the database (SQLite's default is 1,000):
+# fewer, larger checkpoints while a scan or a rebuild folds hundreds of thousands of events.
+CHECKPOINT_PAGES = 10_000
+
+
+async def connect(
+    path: Path, schema: str, create: bool = True, scratch: bool = False
+) -> aiosqlite.Connection:
+    """`create=False`: open an existing database only (sqlite3.OperationalError if missing).
+    `scratch`: a database nobody else reads and nobody keeps after a crash (an audit's
+    replay): its rollback journal stays in memory and nothing waits for the disk."""
     if create:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = await aio_sqlite.connect(path, isolation_level=None, timeout=30)
@@ -32,12 +44,19 @@ async def connect(path: Path, schema: str, create: bool = True) -> aiosqlite.Con
         uri = path.absolute().as_uri() + "?mode=rw"  # noqa: ASYNC240 (no I/O: string only)
         conn = await aio_sqlite.connect(uri, uri=True, isolation_level=None, timeout=30)
     try:
-        await conn.execute("PRAGMA journal_mode=WAL")
-        # NORMAL, not FULL: a commit here does not wait for the disk. A power cut may take
-        # back the last folds, but never tears one (WAL), and the tracking rows go back with
-        # the state they produced, so the projection refolds those events from the log
-        # (which commits FULL). The log owes durability; a projection owes only consistency.
-        await conn.execute("PRAGMA synchronous=NORMAL")
+        await conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+        if scratch:
+            await conn.execute("PRAGMA journal_mode = MEMORY")
+            await conn.execute("PRAGMA synchronous = OFF")
+        else:
+            await conn.execute("PRAGMA journal_mode = WAL")
+            await conn.execute(f"PRAGMA wal_autocheckpoint = {CHECKPOINT_PAGES}")
+            # NORMAL, not FULL: a commit here does not wait for the disk. A power cut may
+            # take back the last folds, but never tears one (WAL), and the tracking rows go
+            # back with the state they produced, so the projection refolds those events from
+            # the log (which commits FULL). The log owes durability; a projection owes only
+            # consistency.
+            await conn.execute("PRAGMA synchronous = NORMAL")
         await conn.executescript(SCHEMA + schema)
     except BaseException:
         # Setting up failed or was cancelled (a service stopped while starting): close the
@@ -68,12 +87,13 @@ class TrackedStore:
     topic: str
     schema: str
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, scratch: bool = False) -> None:
         self.path = path
+        self.scratch = scratch  # see connect()
         self._conn: aiosqlite.Connection | None = None
 
     async def open(self) -> None:
-        self._conn = await connect(self.path, self.schema)
+        self._conn = await connect(self.path, self.schema, scratch=self.scratch)
 
     async def close(self) -> None:
         if self._conn is not None:

@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import msgspec
 
-from events.log import EventLog
+from events.log import EventLog, LogUnavailable, Message
 from projections import index_location
 from projections.operations import OperationsStore
 from projections.records import RecordIndex
-from projections.runner import apply_isolated, positions_after
+from projections.runner import apply_isolated, decode_batch, positions_after
 from projections.tracking import TrackedStore
 
 
@@ -35,9 +36,10 @@ async def replay_into(event_log: EventLog, store: TrackedStore, upto: dict[int, 
         while not finished():
             messages = [m for m in await reader.poll(0.2) if m.offset < upto.get(m.partition, 0)]
             if messages:
+                write = _prepared(store, messages)
                 if writing is not None:
                     await writing
-                writing = asyncio.create_task(apply_isolated(store, messages))
+                writing = asyncio.create_task(write())
                 done.update(positions_after(messages))
         if writing is not None:
             await writing
@@ -46,6 +48,31 @@ async def replay_into(event_log: EventLog, store: TrackedStore, upto: dict[int, 
             writing.cancel()
             await asyncio.gather(writing, return_exceptions=True)
         await reader.stop()
+
+
+def _prepared(store: TrackedStore, messages: list[Message]) -> Callable[[], Awaitable[None]]:
+    """The fold of a batch, decoded and (for a store that can) its statements built here and
+    now; what it writes is written when called. A batch that cannot be prepared or written
+    whole is folded event by event, as the live runner does."""
+    prepare = getattr(store, "prepare", None)
+    if prepare is None:
+        return lambda: apply_isolated(store, messages)
+    good, _poison = decode_batch(messages)
+    try:
+        write = prepare([event for _, event in good])
+    except Exception:
+        return lambda: apply_isolated(store, messages)
+    positions = positions_after(messages)
+
+    async def run() -> None:
+        try:
+            await store.commit_in_one_hop(positions, write)
+        except LogUnavailable:
+            raise
+        except Exception:
+            await apply_isolated(store, messages)
+
+    return run
 
 
 PROJECTIONS = ("operations", "records")
@@ -68,7 +95,7 @@ async def verify(
             cls, path = where[name]
             if not path.exists():
                 raise FileNotFoundError(f"no live {name} projection at {path}")
-            live, fresh = cls(path), cls(Path(tmp) / path.name)
+            live, fresh = cls(path), cls(Path(tmp) / path.name, scratch=True)
             await live.open()
             await fresh.open()
             try:
