@@ -5,6 +5,8 @@ answer every request after 50 ms, as a PDS across a network would.
   `indexCurrent`, in records/s, against the latency-bound ceiling of the configured
   concurrency: repos are read CHIVE_SOURCE_CONCURRENCY at a time, each read a request that
   takes at least the delay, after one round of listRepos: (ceil(repos / C) + 1) x delay;
+- beside it, a client that only fetches what pdsScan fetches under the same bounds (what this
+  machine's loopback servers allow);
 - replicas (Apache Kafka only: the embedded log has one process): one pdsScan per PDS,
   triggered together, with one and then two `chive-backfill worker pdsScan` processes beside
   the API and the projector, trigger to the last completion; the ratio of the two.
@@ -107,6 +109,44 @@ class Api:
         raise RuntimeError(f"operation {op_id} not done within {timeout} s")
 
 
+async def fetch_alone(servers: dict, concurrency: int, per_pds: int) -> float:
+    """Seconds for a client that only fetches what pdsScan fetches (each PDS's listRepos, then
+    every repo with getRepo), under the same bounds, doing nothing with the bytes."""
+    from services import outbound
+    from services.workers.source_slots import SourceSlots
+    from testkit.handlers import LOOPBACK
+
+    slots = SourceSlots(concurrency, per_pds)
+    pending = iter(servers["pds"])
+
+    async def scanner(fetcher: outbound.Fetcher) -> None:
+        for url in pending:
+            got = await fetcher.fetch(
+                f"{url}/xrpc/com.atproto.sync.listRepos",
+                params={"limit": 200},
+                max_bytes=outbound.PAGE_BYTES,
+                deadline_s=60,
+            )
+            dids = [r["did"] for r in json.loads(got.body)["repos"]]
+
+            async def one(did: str, url: str = url) -> None:
+                async with slots.held(url):
+                    got = await fetcher.fetch(
+                        f"{url}/xrpc/com.atproto.sync.getRepo",
+                        params={"did": did},
+                        max_bytes=outbound.REPO_BYTES,
+                        deadline_s=60,
+                    )
+                    assert got.status == 200, got.status
+
+            await asyncio.gather(*(one(did) for did in dids))
+
+    t0 = time.perf_counter()
+    async with outbound.Fetcher(LOOPBACK) as fetcher:
+        await asyncio.gather(*(scanner(fetcher) for _ in range(concurrency)))
+    return time.perf_counter() - t0
+
+
 async def one_service(servers: dict, total: int, repeat: int, kafka: str | None) -> list[float]:
     """Seconds of each pdsScan of every known PDS, trigger to indexCurrent."""
     admin = Admin()
@@ -203,7 +243,7 @@ async def main() -> None:
         return
     repos = args.pdses * args.repos
     total = repos * args.records
-    concurrency = Settings().source_concurrency
+    concurrency, per_pds = Settings().source_concurrency, Settings().source_concurrency_per_pds
     ceiling_s = (math.ceil(repos / concurrency) + 1) * args.delay_ms / 1000
     figures: dict = {
         "pdses": args.pdses,
@@ -216,6 +256,8 @@ async def main() -> None:
     }
     kinds = args.logs.split(",")
     with remote_pdses(args.pdses, args.repos, args.records, args.delay_ms) as servers:
+        alone = [await fetch_alone(servers, concurrency, per_pds) for _ in range(args.repeat)]
+        figures["fetch_alone_records_per_s"] = round(total / statistics.median(alone))
         with contextlib.ExitStack() as stack:
             bootstrap = None
             if "kafka" in kinds:
@@ -228,6 +270,7 @@ async def main() -> None:
                 figures["one_service"][kind] = {
                     "records_per_s": round(rate),
                     "of_ceiling": round(rate / figures["ceiling_records_per_s"], 2),
+                    "of_fetch_alone": round(rate / figures["fetch_alone_records_per_s"], 2),
                     "runs_s": [round(r, 2) for r in runs],
                 }
             if bootstrap is not None:
@@ -242,10 +285,14 @@ async def main() -> None:
     print(
         f"{args.pdses} PDSes x {args.repos} repos x {args.records} records, {args.delay_ms} ms "
         f"per request; latency-bound ceiling at concurrency {concurrency}: "
-        f"{figures['ceiling_records_per_s']} records/s"
+        f"{figures['ceiling_records_per_s']} records/s; fetching alone under the same bounds: "
+        f"{figures['fetch_alone_records_per_s']} records/s"
     )
     for kind, f in figures["one_service"].items():
-        print(f"{kind}: pdsScan {f['records_per_s']} records/s = {f['of_ceiling']:.0%} of it")
+        print(
+            f"{kind}: pdsScan {f['records_per_s']} records/s = {f['of_ceiling']:.0%} of the "
+            f"ceiling, {f['of_fetch_alone']:.0%} of fetching alone"
+        )
     if "replicas_kafka" in figures:
         r = figures["replicas_kafka"]
         print(

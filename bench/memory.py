@@ -1,12 +1,15 @@
 """Worker memory while scanning: the peak resident set of `chive-backfill up`'s work process
-(the six workers and the record projection) during a pdsScan of N records in 20 repos on a
-loopback PDS (a process of its own), for each N given. Flat in the record count means the
+(the six workers and the record projection) during a pdsScan of N records on a loopback PDS
+(a process of its own), for each N given, in repos of the same size (--repo-records): a repo
+is verified whole before it is indexed, so memory follows the largest repo read at once, and
+must not follow how many records the scan reads in all. Flat in the record count means the
 largest scan peaks where the smallest does (the ratio is printed).
 
 The peak is the kernel's high-water mark of the process (VmHWM), read when the scan has
 finished, so no sample can miss it.
 
-Run: .venv/bin/python bench/memory.py [--records 50000,200000] [--logs sqlite]
+Run: .venv/bin/python bench/memory.py [--records 50000,200000] [--repo-records 2500]
+     [--logs sqlite]
 Prints one JSON object, then one line per figure.
 """
 
@@ -52,9 +55,10 @@ def work_process(up_pid: int) -> int:
     raise RuntimeError("no work process under chive-backfill up")
 
 
-async def one(records: int, kafka: str | None) -> dict:
+async def one(records: int, repo_records: int, kafka: str | None) -> dict:
     admin = Admin()
-    with tempfile.TemporaryDirectory() as tmp, loopback_pds(records, 20) as (plc, pds):
+    repos = max(1, records // repo_records)
+    with tempfile.TemporaryDirectory() as tmp, loopback_pds(records, repos) as (plc, pds):
         port = free_port()
         env = service_env(Path(tmp) / "data", port, plc, admin, kafka, f"mem{time.time_ns()}")
         log = Path(tmp) / "up.log"
@@ -75,6 +79,7 @@ async def one(records: int, kafka: str | None) -> dict:
     assert done["status"] == "completed" and done["recordsProcessed"] == records, done
     return {
         "records": records,
+        "repos": repos,
         "log": "kafka" if kafka else "sqlite",
         "idle_rss_mb": round(idle_kib / 1024, 1),
         "peak_rss_mb": round(peak_kib / 1024, 1),
@@ -85,6 +90,7 @@ async def one(records: int, kafka: str | None) -> dict:
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--records", default="50000,200000")
+    parser.add_argument("--repo-records", type=int, default=2500)
     parser.add_argument("--logs", default="sqlite")
     args = parser.parse_args()
     sizes = [int(n) for n in args.records.split(",")]
@@ -92,9 +98,9 @@ async def main() -> None:
     for kind in args.logs.split(","):
         if kind == "kafka":
             with kafka_broker() as (bootstrap, _):
-                runs += [await one(n, bootstrap) for n in sizes]
+                runs += [await one(n, args.repo_records, bootstrap) for n in sizes]
         else:
-            runs += [await one(n, None) for n in sizes]
+            runs += [await one(n, args.repo_records, None) for n in sizes]
     print(json.dumps({"runs": runs}, indent=2))
     for kind in args.logs.split(","):
         mine = [r for r in runs if r["log"] == kind]
