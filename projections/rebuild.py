@@ -24,7 +24,7 @@ from events.log import EventLog, LogUnavailable, Message, caught_up_everywhere
 from events.waiting import Backoff
 from projections import index_location
 from projections.records import RecordIndex
-from projections.runner import ProjectionRunner, apply_isolated, positions_after
+from projections.runner import ProjectionRunner, WritesInOrder, positions_after, prepared_fold
 
 log = logging.getLogger(__name__)
 
@@ -126,32 +126,53 @@ class _Fold:
         committed."""
         backoff = Backoff()
         for attempt in itertools.count():
-            positions = await self.index.positions()
-            reader = self._log.reader(model.RECORDS_TOPIC, positions)
             try:
-                await reader.start()
-                pending: list[Message] = []
-                while True:
-                    if check_cancelled:
-                        check_cancelled()
-                    messages = await reader.poll(POLL_S)
-                    # A short batch only once the poll came back empty: the log has no more.
-                    batches, pending = _batches(
-                        pending + messages, self._batch_size, drain=not messages
-                    )
-                    for batch in batches:
-                        if check_cancelled:
-                            check_cancelled()
-                        await apply_isolated(self.index, batch)
-                        positions.update(positions_after(batch))
-                        await self._report(_count(positions), self.checkpoint, total=self._total)
-                    if not messages and await caught_up_everywhere(reader, self._log.partitions):
-                        return
+                await self._from_committed(check_cancelled)
+                return
             except LogUnavailable as exc:
                 log.warning("index rebuild: log unavailable, retrying: %s", exc)
                 await asyncio.sleep(backoff.delay(attempt))
-            finally:
-                await reader.stop()
+
+    async def _from_committed(self, check_cancelled: Callable[[], None] | None) -> None:
+        positions = await self.index.positions()
+        reader = self._log.reader(model.RECORDS_TOPIC, positions)
+        # One batch is written while the next is read and prepared; progress is reported for
+        # what has committed.
+        writes = WritesInOrder()
+        in_flight: dict[int, int] | None = None
+
+        async def committed() -> None:
+            nonlocal in_flight
+            await writes.drain()
+            if in_flight is not None:
+                positions.update(in_flight)
+                in_flight = None
+                await self._report(_count(positions), self.checkpoint, total=self._total)
+
+        try:
+            await reader.start()
+            pending: list[Message] = []
+            while True:
+                if check_cancelled:
+                    check_cancelled()
+                messages = await reader.poll(POLL_S)
+                # A short batch only once the poll came back empty: the log has no more.
+                batches, pending = _batches(
+                    pending + messages, self._batch_size, drain=not messages
+                )
+                for batch in batches:
+                    if check_cancelled:
+                        check_cancelled()
+                    write = prepared_fold(self.index, batch)
+                    await committed()
+                    in_flight = positions_after(batch)
+                    await writes.submit(write)
+                if not messages and await caught_up_everywhere(reader, self._log.partitions):
+                    await committed()
+                    return
+        finally:
+            await writes.settle()
+            await reader.stop()
 
 
 def _batches(

@@ -75,6 +75,59 @@ async def apply_isolated(
     await projection.apply([], positions_after(messages))
 
 
+def prepared_fold(projection: Projection, messages: list[Message]) -> Callable[[], Awaitable[None]]:
+    """The fold of a batch, decoded and (for a projection that can: `prepare`) its statements
+    built here and now; what it writes is written when called. A batch that cannot be
+    prepared or written whole is folded event by event (apply_isolated). Nothing is parked:
+    for replays and rebuilds, whose events the live runner has parked already."""
+    prepare = getattr(projection, "prepare", None)
+    if prepare is None:
+        return lambda: apply_isolated(projection, messages)
+    good, _poison = decode_batch(messages)
+    try:
+        write = prepare([event for _, event in good])
+    except Exception:
+        return lambda: apply_isolated(projection, messages)
+    positions = positions_after(messages)
+
+    async def run() -> None:
+        try:
+            await projection.commit_in_one_hop(positions, write)
+        except LogUnavailable:
+            raise
+        except Exception:
+            await apply_isolated(projection, messages)
+
+    return run
+
+
+class WritesInOrder:
+    """Batch writes one at a time, in order, with the next batch prepared (decoded, statements
+    built, on the caller's thread) while the last one is written on its connection's thread."""
+
+    def __init__(self) -> None:
+        self._writing: asyncio.Task | None = None
+
+    async def submit(self, write: Callable[[], Awaitable[None]]) -> None:
+        """Wait for the write before (its error is raised here), then start this one."""
+        await self.drain()
+        self._writing = asyncio.ensure_future(write())
+
+    async def drain(self) -> None:
+        """Every submitted write has committed (or its error is raised)."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            await writing
+
+    async def settle(self) -> None:
+        """On the way out of a failure: let the write in flight end, whatever its outcome (a
+        write handed to its connection's thread commits or not regardless of a cancel; what
+        follows reads the store's positions, so it must have ended)."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            await asyncio.gather(writing, return_exceptions=True)
+
+
 class ProjectionRunner:
     def __init__(self, event_log: EventLog, projection: Projection, name: str) -> None:
         self._log = event_log

@@ -4,18 +4,16 @@ can be verified too; any difference is a bug in a fold or lost work."""
 
 from __future__ import annotations
 
-import asyncio
 import tempfile
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import msgspec
 
-from events.log import EventLog, LogUnavailable, Message
+from events.log import EventLog, Message
 from projections import index_location
 from projections.operations import OperationsStore
 from projections.records import RecordIndex
-from projections.runner import apply_isolated, decode_batch, positions_after
+from projections.runner import WritesInOrder, positions_after, prepared_fold
 from projections.tracking import TrackedStore
 
 REPLAY_BATCH = 5000
@@ -23,7 +21,7 @@ REPLAY_BATCH = 5000
 
 async def replay_into(event_log: EventLog, store: TrackedStore, upto: dict[int, int]) -> None:
     """Fold `store.topic` from offset 0 up to (not including) `upto` per partition. The next
-    batch is read and decoded while the last one is written: one batch in flight, in order."""
+    batch is read and prepared while the last one is written (WritesInOrder)."""
     done: dict[int, int] = {}
 
     def finished() -> bool:
@@ -33,7 +31,7 @@ async def replay_into(event_log: EventLog, store: TrackedStore, upto: dict[int, 
         return
     reader = event_log.reader(store.topic)
     await reader.start()
-    writing: asyncio.Task | None = None
+    writes = WritesInOrder()
     try:
         while not finished():
             # Polls gathered into batches of a few thousand: fewer transactions and hops.
@@ -43,42 +41,11 @@ async def replay_into(event_log: EventLog, store: TrackedStore, upto: dict[int, 
                 messages += got
                 done.update(positions_after(got))
             if messages:
-                write = _prepared(store, messages)
-                if writing is not None:
-                    await writing
-                writing = asyncio.create_task(write())
-        if writing is not None:
-            await writing
+                await writes.submit(prepared_fold(store, messages))
+        await writes.drain()
     finally:
-        if writing is not None and not writing.done():
-            writing.cancel()
-            await asyncio.gather(writing, return_exceptions=True)
+        await writes.settle()
         await reader.stop()
-
-
-def _prepared(store: TrackedStore, messages: list[Message]) -> Callable[[], Awaitable[None]]:
-    """The fold of a batch, decoded and (for a store that can) its statements built here and
-    now; what it writes is written when called. A batch that cannot be prepared or written
-    whole is folded event by event, as the live runner does."""
-    prepare = getattr(store, "prepare", None)
-    if prepare is None:
-        return lambda: apply_isolated(store, messages)
-    good, _poison = decode_batch(messages)
-    try:
-        write = prepare([event for _, event in good])
-    except Exception:
-        return lambda: apply_isolated(store, messages)
-    positions = positions_after(messages)
-
-    async def run() -> None:
-        try:
-            await store.commit_in_one_hop(positions, write)
-        except LogUnavailable:
-            raise
-        except Exception:
-            await apply_isolated(store, messages)
-
-    return run
 
 
 PROJECTIONS = ("operations", "records")
