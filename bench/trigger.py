@@ -239,6 +239,7 @@ async def service(kind: str, n: int, scan_records: int, kafka: str | None) -> di
             "scan_records": scan_records,
             "scans": len(finals),
             "scans_completed": sum(op["status"] == "completed" for op in finals),
+            "scan_errors": [op.get("error") for op in finals if op["status"] != "completed"],
         },
     }
 
