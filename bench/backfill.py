@@ -34,6 +34,7 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.sources import get_repo
 from projections.records import RecordIndex
 from services import outbound
 from services.audit import replay_into
@@ -77,13 +78,7 @@ async def baseline_get_repo(pds: FakePds) -> float:
 
     async def one(fetcher: outbound.Fetcher, did: str) -> None:
         async with slots:
-            got = await fetcher.fetch(
-                f"{pds.url}/xrpc/com.atproto.sync.getRepo",
-                params={"did": did},
-                max_bytes=outbound.REPO_BYTES,
-                deadline_s=60,
-            )
-            assert got.status == 200, got.status
+            await get_repo(fetcher, pds.url, did)
 
     start = time.perf_counter()
     async with outbound.Fetcher(LOOPBACK) as fetcher:

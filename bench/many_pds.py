@@ -112,6 +112,7 @@ class Api:
 async def fetch_alone(servers: dict, concurrency: int, per_pds: int) -> float:
     """Seconds for a client that only fetches what pdsScan fetches (each PDS's listRepos, then
     every repo with getRepo), under the same bounds, doing nothing with the bytes."""
+    from bench.sources import get_repo
     from services import outbound
     from services.workers.source_slots import SourceSlots
     from testkit.handlers import LOOPBACK
@@ -131,13 +132,7 @@ async def fetch_alone(servers: dict, concurrency: int, per_pds: int) -> float:
 
             async def one(did: str, url: str = url) -> None:
                 async with slots.held(url):
-                    got = await fetcher.fetch(
-                        f"{url}/xrpc/com.atproto.sync.getRepo",
-                        params={"did": did},
-                        max_bytes=outbound.REPO_BYTES,
-                        deadline_s=60,
-                    )
-                    assert got.status == 200, got.status
+                    await get_repo(fetcher, url, did)
 
             await asyncio.gather(*(one(did) for did in dids))
 
