@@ -89,9 +89,6 @@ def atproto(tmp_path_factory):
         yield servers
 
 
-_opened_sqlite: list = []
-
-
 @pytest.fixture(autouse=True)
 def no_sqlite_connection_outlives_its_test(monkeypatch):
     """An aiosqlite connection left open keeps a non-daemon thread alive, and the interpreter

@@ -83,7 +83,8 @@ async def run(ctx: WorkContext) -> Outcome:
     # PDSes side by side: with many small PDSes, each a round trip away, one at a time would
     # leave the process's allowance of requests unused (services/workers/source_slots.py).
     limits = ctx.services.limits
-    todo = iter([u for u in state.pds_urls if not state.pds.get(u, PdsProgress()).finished])
+    pending = [u for u in state.pds_urls if not state.pds.get(u, PdsProgress()).finished]
+    todo = iter(pending)
 
     async def scanner() -> None:
         for pds_url in todo:  # shared: each PDS is taken by one scanner
@@ -95,10 +96,9 @@ async def run(ctx: WorkContext) -> Outcome:
             state.pds[pds_url] = PdsProgress(finished=True)
             await report()
 
-    pending = sum(1 for u in state.pds_urls if not state.pds.get(u, PdsProgress()).finished)
     try:
         async with asyncio.TaskGroup() as group:
-            for _ in range(min(pending, limits.source_concurrency)):
+            for _ in range(min(len(pending), limits.source_concurrency)):
                 group.create_task(scanner())
     except ExceptionGroup as group_error:
         raise _first_leaf(group_error) from None
