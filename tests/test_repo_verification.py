@@ -3,6 +3,8 @@ tree walk and what a diff (a CAR missing unchanged subtrees) tells."""
 
 from __future__ import annotations
 
+import base64
+
 import msgspec
 import pytest
 
@@ -36,6 +38,50 @@ def test_links_and_bytes_come_back_in_their_json_form():
     value = {"$type": "x", "document": {"$type": "blob", "ref": {"$link": str(blob)}}}
     block = car.encode({**repo_car.to_ipld(value), "raw": b"\x00\x01"})
     assert repo.record_json(block) == {**value, "raw": {"$bytes": "AAE"}}
+
+
+def test_records_read_from_a_repo_keep_their_links_and_bytes_apart():
+    # Records without a link take a faster decoder that cannot tell a link from a byte
+    # string: each kind must still come out in its own JSON form.
+    blob = car.cid_for(b"%PDF-1.4", car.RAW)
+    collection = "pub.chive.eprint.submission"
+    linked = {"$type": collection, "ref": {"$link": str(blob)}}
+    recs = {
+        f"{collection}/3k0000000001": linked,
+        f"{collection}/3k0000000002": {"$type": collection, "raw": b"\x00\x01"},
+        f"{collection}/3k0000000003": {"$type": collection, "raw": blob.raw},
+    }
+    verified = repo.verify(repo_car.build_car(DID, recs, "3kaaaaaaaaaaa"), DID, KEY.public)
+    values = [msgspec.json.decode(e.value) for e in verified.entries]
+    assert values == [
+        linked,
+        {"$type": collection, "raw": {"$bytes": "AAE"}},
+        {"$type": collection, "raw": {"$bytes": base64.b64encode(blob.raw).decode().rstrip("=")}},
+    ]
+    assert [e.cid_text for e in verified.entries] == [
+        str(repo_car.record_block(recs[k])[0]) for k in sorted(recs)
+    ]
+
+
+def test_a_tree_entry_that_holds_its_record_cid_as_bytes_not_a_link_is_refused():
+    def bytes_for_link(blocks, commit_cid):
+        commit = car.decode(blocks.pop(commit_cid))
+        record = car.encode({"$type": "pub.chive.eprint.submission"})
+        # The CID's bytes as a byte string where the tree needs a link (tag 42).
+        entries = [{"p": 0, "k": b"pub.chive.eprint.submission/a", "v": b"", "t": None}]
+        node = car.encode({"l": None, "e": entries}).replace(
+            b"av\x40", b"av\x58\x24" + car.cid_for(record).raw
+        )
+        blocks[car.cid_for(node)] = node
+        blocks[car.cid_for(record)] = record
+        unsigned = {**{k: v for k, v in commit.items() if k != "sig"}, "data": car.cid_for(node)}
+        signed = car.encode({**unsigned, "sig": KEY.sign(car.encode(unsigned))})
+        blocks[car.cid_for(signed)] = signed
+        return car.cid_for(signed)
+
+    data = repo_car.build_car(DID, records(1), "3kaaaaaaaaaaa", tamper=bytes_for_link)
+    with pytest.raises(repo.RepoInvalid, match="tree link is malformed"):
+        repo.verify(data, DID, KEY.public)
 
 
 def test_the_commit_must_be_for_this_did_and_signed_by_its_key():

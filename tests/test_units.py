@@ -239,3 +239,20 @@ def test_did_cache_is_bounded_least_recently_used_first(monkeypatch):
     cache.move_to_end("did:plc:a")  # a read
     identity._remember(cache, "did:plc:c", 3)
     assert list(cache) == ["did:plc:a", "did:plc:c"]
+
+
+def test_event_ids_are_time_ordered_unique_and_in_their_alphabet():
+    import time
+
+    from events import model
+
+    ids = [model.new_event_id() for _ in range(20000)]
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 26 and set(i) <= set("0123456789abcdefghjkmnpqrstvwxyz") for i in ids)
+    # The first ten characters are the millisecond, so ids sort by the time they were made.
+    now = int(time.time() * 1000)
+    alphabet = "0123456789abcdefghjkmnpqrstvwxyz"
+    assert model._ulid(now)[:10] == "".join(alphabet[(now >> s) & 31] for s in range(45, -5, -5))
+    assert model._ulid(now + 1)[:10] > model._ulid(now)[:10]
+    # Every character of the random part is used (they come from bytes' low five bits).
+    assert {c for i in ids for c in i[10:]} == set(alphabet)

@@ -14,13 +14,12 @@ from hashlib import sha256
 from typing import Any
 
 import cbor2
+import libipld
 
 DAG_CBOR = 0x71
 RAW = 0x55
 SHA2_256 = 0x12
-_B32 = "abcdefghijklmnopqrstuvwxyz234567"
-_B32_PAIRS = [a + b for a in _B32 for b in _B32]
-_CID_PREFIXES = {bytes([1, DAG_CBOR, SHA2_256, 32]), bytes([1, RAW, SHA2_256, 32])}
+CID_PREFIXES = {bytes([1, DAG_CBOR, SHA2_256, 32]), bytes([1, RAW, SHA2_256, 32])}
 
 
 class CarError(ValueError):
@@ -39,17 +38,16 @@ class Cid(bytes):
         return bytes(self)
 
     def __str__(self) -> str:
-        bits = len(self) * 8
-        chars = (bits + 4) // 5
-        # Padded to whole characters; two characters per 10-bit lookup.
-        n = int.from_bytes(self, "big") << (chars * 5 - bits)
-        text = "".join([_B32_PAIRS[(n >> (s - 10)) & 1023] for s in range(chars * 5, 5, -10)])
-        if chars % 2:
-            text += _B32[n & 31]
-        return "b" + text
+        return cid_text(self)
 
     def __repr__(self) -> str:
         return f"Cid({self})"
+
+
+def cid_text(raw: bytes) -> str:
+    """The base32 text form of a binary CID (in Rust: every indexed record needs one, and
+    Python's base32 costs several microseconds a CID)."""
+    return libipld.encode_cid(raw)
 
 
 def cid_for(data: bytes, codec: int = DAG_CBOR) -> Cid:
@@ -180,6 +178,24 @@ def decode(block: bytes) -> Any:
         raise CarError("a block is not valid DAG-CBOR") from exc
 
 
+def decode_plain(block: bytes) -> Any:
+    """DAG-CBOR to Python, in Rust and strict (canonical key order, no indefinite lengths, no
+    tag but 42), several times faster than `decode`, with one loss: a link comes back as the
+    CID's bytes, like a byte string. For blocks whose links the caller can tell by position
+    (tree nodes), or that hold none (`LINK_TAG` not in the block)."""
+    try:
+        return libipld.decode_dag_cbor(block)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise CarError("a block is not valid DAG-CBOR") from exc
+
+
+# Tag 42 as DAG-CBOR writes it: a block without these bytes holds no link.
+LINK_TAG = b"\xd8\x2a"
+# A whole link as canonical DAG-CBOR writes it: tag 42, a 37-byte string, the identity
+# multibase; the 36 bytes of the CID follow.
+LINK_START = b"\xd8\x2a\x58\x25\x00"
+
+
 def encode(value: Any) -> bytes:
     """Canonical DAG-CBOR (map keys length-first, then bytewise; links as tag 42)."""
     return cbor2.dumps(_tagged(value), canonical=True)
@@ -239,5 +255,5 @@ def _tag(*args: Any) -> Any:
 
 def _check_cid(raw: bytes) -> None:
     """Only what repositories use: CID v1, dag-cbor or raw, a sha2-256 digest."""
-    if len(raw) != 36 or raw[:4] not in _CID_PREFIXES:
+    if len(raw) != 36 or raw[:4] not in CID_PREFIXES:
         raise CarError("only CID v1, dag-cbor or raw, sha2-256 are accepted")

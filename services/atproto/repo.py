@@ -112,7 +112,7 @@ class RepoReader:
         ):
             self._blocks[cid] = block
         else:
-            self._values[cid] = (str(cid), _json_of(block))
+            self._values[cid] = (car.cid_text(cid), _json_of(block))
 
 
 _NODE_START = b"\xa2ae"  # a map of two entries, the first keyed "e"
@@ -142,8 +142,16 @@ def record_json(block: bytes) -> Any:
 def _json_of(block: bytes) -> bytes:
     """A record's JSON form; NOT_A_MAP when the block is not a DAG-CBOR map."""
     try:
-        return msgspec.json.encode(record_json(block))
-    except RepoInvalid:
+        if car.LINK_TAG in block:
+            value = record_json(block)
+        else:
+            # No link in it (most records): the faster decoder's bytes are all byte strings.
+            value = car.decode_plain(block)
+            if type(value) is not dict:
+                return NOT_A_MAP
+            value = car.to_json(value)
+        return msgspec.json.encode(value)
+    except (RepoInvalid, CarError):
         return NOT_A_MAP
 
 
@@ -186,7 +194,7 @@ class _Walk:
 
     def node(self, cid: Any, low: str, high: str | None, depth: int) -> None:
         """The subtree at `cid`; `low`/`high`: the keys either side of it."""
-        if type(cid) is not Cid:
+        if not isinstance(cid, bytes) or cid[:4] not in car.CID_PREFIXES or len(cid) != 36:
             raise RepoInvalid("a tree link is malformed")
         if depth > MAX_TREE_DEPTH:
             raise RepoInvalid("the tree is deeper than any real repository")
@@ -198,11 +206,16 @@ class _Walk:
                 raise RepoInvalid("a tree node is missing from the CAR")
             self.unchanged.append((low, high))  # a diff left it out: unchanged since
             return
-        node = car.decode(block)
+        # Links come back as bytes (car.decode_plain): they are told by their place ("l",
+        # "t", "v"), and the block must hold one link for each, so none was a byte string.
+        node = car.decode_plain(block)
         if type(node) is not dict or type(node.get("e")) is not list:
             raise RepoInvalid("a tree node is malformed")
+        links = 0
         # The subtree left of the next key: the node's "l" first, then each entry's "t".
         subtree, before = node.get("l"), low
+        if subtree is not None:
+            links += 1
         previous = b""
         for entry in node["e"]:
             if type(entry) is not dict:
@@ -210,6 +223,7 @@ class _Walk:
             prefix, suffix = entry.get("p"), entry.get("k")
             if type(prefix) is not int or type(suffix) is not bytes:
                 raise RepoInvalid("a tree entry is malformed")
+            links += 1 if entry.get("t") is None else 2
             if not 0 <= prefix <= len(previous):
                 raise RepoInvalid("a tree entry's prefix is longer than the key before it")
             previous = previous[:prefix] + suffix
@@ -223,9 +237,11 @@ class _Walk:
             subtree, before = entry.get("t"), key
         if subtree is not None:
             self.node(subtree, before, high, depth + 1)
+        if block.count(car.LINK_START) != links:
+            raise RepoInvalid("a tree link is malformed")
 
     def record(self, key: str, cid: Any) -> None:
-        if type(cid) is not Cid:
+        if type(cid) is not bytes or cid[:4] not in car.CID_PREFIXES or len(cid) != 36:
             raise RepoInvalid("a tree entry has no record link")
         if key <= self.last:
             raise RepoInvalid("tree keys are not in order")
@@ -241,9 +257,9 @@ class _Walk:
         if read is None:
             block = self.blocks.get(cid)
             if block is not None:  # left undecoded as it came (see RepoReader)
-                read = (str(cid), _json_of(block))
+                read = (car.cid_text(cid), _json_of(block))
             elif not self.partial:
                 raise RepoInvalid("a record is missing from the CAR")
             else:
-                read = (str(cid), None)
-        self.entries.append(Entry(collection, rkey, cid, read[0], read[1]))
+                read = (car.cid_text(cid), None)
+        self.entries.append(Entry(collection, rkey, Cid(cid), read[0], read[1]))
