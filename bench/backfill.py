@@ -1,7 +1,9 @@
-"""Figures for chive-backfill, each a median over repeated runs, on both event logs.
+"""Figures for chive-backfill, each a median over repeated runs, on both event logs, measured
+from outside: `chive-backfill up` as a user runs it (three processes), the loopback PDS in a
+process of its own, the bench's calls over HTTP.
 
-- trigger latency: POST triggerBackfill until the response (the event is appended and folded
-  by the API's projection), and until getBackfillStatus shows it;
+- trigger latency: POST triggerBackfill until the response, and until getBackfillStatus shows
+  it (through httpx: bench/trigger.py times the trigger alone with a lighter client);
 - pdsScan throughput: records indexed per second end to end (PDS -> worker -> log -> record
   index, until getBackfillStatus says `indexCurrent`) against the baseline of fetching the same
   repos whole (getRepo) with the worker's client at its per-PDS concurrency, and doing nothing
@@ -34,124 +36,142 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.service import COLLECTION, TRIGGER, loopback_pds, until_up, up
 from bench.sources import get_repo
+from projections.index_reader import FollowingIndex
 from projections.records import RecordIndex
 from services import outbound
 from services.audit import replay_into
 from services.bootstrap import open_log as bootstrap_log
-from services.settings import Settings
+from services.settings import Settings, load
 from services.workers.repo_scan import ListRecords
-from testkit.broker import kafka_broker
+from testkit.broker import free_port, kafka_broker
 from testkit.handlers import LOOPBACK
-from testkit.harness import Admin, running_service, settings_for
-from testkit.servers import FakePds, FakePlc
+from testkit.harness import Admin, Client, service_env
 from testkit.waiting import eventually
 
-TRIGGER = "pub.chive.admin.triggerBackfill"
 
-
-async def baseline_fetch(pds: FakePds) -> float:
+async def baseline_fetch(source: dict) -> float:
     """Seconds to read every page of every repo with the same page size, sequentially."""
     start = time.perf_counter()
     async with httpx.AsyncClient() as http:
-        for did, repo in pds.repos.items():
-            for collection in repo.collections:
-                cursor = None
-                while True:
-                    params = {"repo": did, "collection": collection, "limit": 100}
-                    if cursor:
-                        params["cursor"] = cursor
-                    r = await http.get(
-                        f"{pds.url}/xrpc/com.atproto.repo.listRecords", params=params
-                    )
-                    page = msgspec.json.decode(r.content, type=ListRecords)
-                    if not page.records or not page.cursor:
-                        break
-                    cursor = page.cursor
+        for did in source["dids"]:
+            cursor = None
+            while True:
+                params = {"repo": did, "collection": COLLECTION, "limit": 100}
+                if cursor:
+                    params["cursor"] = cursor
+                r = await http.get(
+                    f"{source['pds']}/xrpc/com.atproto.repo.listRecords", params=params
+                )
+                page = msgspec.json.decode(r.content, type=ListRecords)
+                if not page.records or not page.cursor:
+                    break
+                cursor = page.cursor
     return time.perf_counter() - start
 
 
-async def baseline_get_repo(pds: FakePds) -> float:
+async def baseline_get_repo(source: dict) -> float:
     """Seconds to fetch every repo whole (getRepo), as pdsScan reads them: the worker's own
     client, its per-PDS concurrency, nothing done with the bytes."""
     slots = asyncio.Semaphore(Settings().source_concurrency_per_pds)
 
     async def one(fetcher: outbound.Fetcher, did: str) -> None:
         async with slots:
-            await get_repo(fetcher, pds.url, did)
+            await get_repo(fetcher, source["pds"], did)
 
     start = time.perf_counter()
     async with outbound.Fetcher(LOOPBACK) as fetcher:
-        await asyncio.gather(*(one(fetcher, did) for did in pds.repos))
+        await asyncio.gather(*(one(fetcher, did) for did in source["dids"]))
     return time.perf_counter() - start
 
 
-async def one_run(
-    kind: str, bootstrap: str | None, pds: FakePds, plc: FakePlc, total: int, run: int
-) -> dict[str, float]:
+async def one_run(bootstrap: str | None, source: dict, total: int, run: int) -> dict[str, float]:
     admin = Admin()
     with tempfile.TemporaryDirectory() as tmp:
-        settings = settings_for(
-            Path(tmp), admin, plc.url, kafka=bootstrap, namespace=f"bench{run}{time.time_ns()}"
-        )
-        async with running_service(settings, admin) as client:
-            t0 = time.perf_counter()
-            response = await client.post(TRIGGER, {"type": "governanceSync"})
-            trigger_ms = (time.perf_counter() - t0) * 1000
-            op_id = response.json()["operation"]["id"]
-            await client.status(op_id)
-            visible_ms = (time.perf_counter() - t0) * 1000
-
-            index = RecordIndex(Path(tmp) / "records.db")
-            await index.open()
-            t0 = time.perf_counter()
-            op = await client.trigger(type="pdsScan", pdsUrl=pds.url)
-
-            async def status_when(ready) -> dict:
-                now = await client.status(op["id"])
-                return now if ready(now) else None
-
-            done = await eventually(
-                lambda: status_when(lambda s: s["status"] != "running"),
-                timeout=600,
-                interval=0.01,
-                what="pdsScan to finish",
-            )
-            completed = time.perf_counter()
-            assert done["recordsProcessed"] == total, done
-            await eventually(
-                lambda: status_when(lambda s: s.get("indexCurrent")),
-                timeout=60,
-                interval=0.01,
-                what="the index to hold the scan's records",
-            )
-            elapsed = time.perf_counter() - t0
-            lag_ms = (time.perf_counter() - completed) * 1000
-            assert (await index.stats())["live"] >= total, "indexCurrent before the index was"
-            upto = await index.positions()
-            await index.close()
-
-            figures = {
-                "trigger_ms": trigger_ms,
-                "visible_ms": visible_ms,
-                "scan_s": elapsed,
-                "index_lag_ms": lag_ms,
-            }
-            async with bootstrap_log(settings) as event_log:
-                events = sum(upto.values())
-                fresh = RecordIndex(Path(tmp) / "replay.db")
-                await fresh.open()
-                t0 = time.perf_counter()
-                await replay_into(event_log, fresh, upto)
-                figures["fold_rate"] = events / (time.perf_counter() - t0)
-                await fresh.close()
-            for batch in (100, 1000):
-                t0 = time.perf_counter()
-                op = await client.trigger(type="fullReindex", batchSize=batch)
-                done = await client.wait_finished(op["id"], timeout=600)
-                assert done["status"] == "completed", done
-                figures[f"reindex_{batch}"] = done["recordsProcessed"] / (time.perf_counter() - t0)
+        data, port, log = Path(tmp) / "data", free_port(), Path(tmp) / "up.log"
+        namespace = f"bench{run}{time.time_ns()}"
+        env = service_env(data, port, source["plc"], admin, bootstrap, namespace)
+        with up(env, log):
+            client = Client(f"http://127.0.0.1:{port}", admin)
+            try:
+                await until_up(client.http, log)
+                figures = await timed_run(client, source, total, data)
+                figures["fold_rate"] = await replay_rate(load(env), data)
+                for batch in (100, 1000):
+                    t0 = time.perf_counter()
+                    op = await client.trigger(type="fullReindex", batchSize=batch)
+                    done = await client.wait_finished(op["id"], timeout=600)
+                    assert done["status"] == "completed", done
+                    rate = done["recordsProcessed"] / (time.perf_counter() - t0)
+                    figures[f"reindex_{batch}"] = rate
+            finally:
+                await client.close()
     return figures
+
+
+async def timed_run(client: Client, source: dict, total: int, data: Path) -> dict[str, float]:
+    t0 = time.perf_counter()
+    response = await client.post(TRIGGER, {"type": "governanceSync"})
+    trigger_ms = (time.perf_counter() - t0) * 1000
+    await client.status(response.json()["operation"]["id"])
+    visible_ms = (time.perf_counter() - t0) * 1000
+
+    t0 = time.perf_counter()
+    op = await client.trigger(type="pdsScan", pdsUrl=source["pds"])
+
+    async def status_when(ready) -> dict:
+        now = await client.status(op["id"])
+        return now if ready(now) else None
+
+    done = await eventually(
+        lambda: status_when(lambda s: s["status"] != "running"),
+        timeout=600,
+        interval=0.01,
+        what="pdsScan to finish",
+    )
+    completed = time.perf_counter()
+    assert done["recordsProcessed"] == total, done
+    await eventually(
+        lambda: status_when(lambda s: s.get("indexCurrent")),
+        timeout=60,
+        interval=0.01,
+        what="the index to hold the scan's records",
+    )
+    elapsed = time.perf_counter() - t0
+    lag_ms = (time.perf_counter() - completed) * 1000
+    index = FollowingIndex(data)
+    await index.open()
+    try:
+        assert await index.live_count() >= total, "indexCurrent before the index was"
+    finally:
+        await index.close()
+    return {
+        "trigger_ms": trigger_ms,
+        "visible_ms": visible_ms,
+        "scan_s": elapsed,
+        "index_lag_ms": lag_ms,
+    }
+
+
+async def replay_rate(settings: Settings, data: Path) -> float:
+    """Events per second of the audit's replay folding the records topic, as far as the
+    service's index has, into a fresh index."""
+    index = FollowingIndex(data)
+    await index.open()
+    try:
+        upto = await index.positions()
+    finally:
+        await index.close()
+    async with bootstrap_log(settings) as event_log:
+        fresh = RecordIndex(data.parent / "replay.db")
+        await fresh.open()
+        try:
+            t0 = time.perf_counter()
+            await replay_into(event_log, fresh, upto)
+            return sum(upto.values()) / (time.perf_counter() - t0)
+        finally:
+            await fresh.close()
 
 
 async def main() -> None:
@@ -160,17 +180,13 @@ async def main() -> None:
     parser.add_argument("--records", type=int, default=20000)
     args = parser.parse_args()
     repos = 10
-    per_repo = args.records // repos
-    plc = FakePlc().start()
-    pds = FakePds(plc).start()
-    for i in range(repos):
-        pds.add_repo(f"did:plc:bench{i:03d}", {"pub.chive.graph.node": per_repo})
-    total = repos * per_repo
+    total = repos * (args.records // repos)
     with contextlib.ExitStack() as stack:
+        source = stack.enter_context(loopback_pds(total, repos))
         bootstrap, broker = stack.enter_context(kafka_broker())
-        baseline = [await baseline_fetch(pds) for _ in range(args.repeat)]
+        baseline = [await baseline_fetch(source) for _ in range(args.repeat)]
         base_rate = total / statistics.median(baseline)
-        whole = [await baseline_get_repo(pds) for _ in range(args.repeat)]
+        whole = [await baseline_get_repo(source) for _ in range(args.repeat)]
         whole_rate = total / statistics.median(whole)
         figures: dict = {
             "records": total,
@@ -185,7 +201,7 @@ async def main() -> None:
             f"baseline  fetch only (getRepo, as pdsScan):    {whole_rate:10.0f} records/s",
         ]
         for kind, servers in (("sqlite", None), ("kafka", bootstrap)):
-            runs = [await one_run(kind, servers, pds, plc, total, r) for r in range(args.repeat)]
+            runs = [await one_run(servers, source, total, r) for r in range(args.repeat)]
             med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
             rate = total / med["scan_s"]
             lags = sorted(r["index_lag_ms"] for r in runs)
@@ -219,8 +235,6 @@ async def main() -> None:
             ]
     print(json.dumps(figures, indent=2))
     print("\n".join(lines))
-    pds.stop()
-    plc.stop()
 
 
 if __name__ == "__main__":

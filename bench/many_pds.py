@@ -36,7 +36,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.trigger import STATUS, TRIGGER, _bearer, _until_up, process
+from bench.service import STATUS, TRIGGER, bearer, process, until_up
 from services.settings import Settings
 from testkit.broker import free_port, kafka_broker
 from testkit.harness import Admin, service_env
@@ -88,14 +88,14 @@ class Api:
 
     async def trigger(self, **body) -> str:
         r = await self.http.post(
-            f"/xrpc/{TRIGGER}", json=body, headers=_bearer(self.admin.token(TRIGGER))
+            f"/xrpc/{TRIGGER}", json=body, headers=bearer(self.admin.token(TRIGGER))
         )
         assert r.status_code == 200, r.text
         return r.json()["operation"]["id"]
 
     async def status(self, op_id: str) -> dict:
         r = await self.http.get(
-            f"/xrpc/{STATUS}", params={"id": op_id}, headers=_bearer(self.admin.token(STATUS))
+            f"/xrpc/{STATUS}", params={"id": op_id}, headers=bearer(self.admin.token(STATUS))
         )
         return r.json()["operation"]
 
@@ -152,7 +152,7 @@ async def one_service(servers: dict, total: int, repeat: int, kafka: str | None)
         )
         with process([sys.executable, "-m", "services.cli", "up"], env, Path(tmp) / "up.log"):
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as h:
-                await _until_up(h)
+                await until_up(h)
                 api = Api(h, admin)
                 # The service learns of the PDSes as it would: from syncs of accounts on them.
                 for did in servers["dids"]:
@@ -192,7 +192,7 @@ async def replicas(servers: dict, total: int, workers: int, kafka: str) -> float
         for log in logs:
             stack.enter_context(process([*cli, "worker", "pdsScan"], env, log))
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as h:
-            await _until_up(h)
+            await until_up(h)
             api = Api(h, admin)
             # Every worker holds its share of the partitions before the clock starts.
             await _group_formed(logs)

@@ -1,9 +1,9 @@
-"""Worker memory while scanning: the peak resident set of `chive-backfill up`'s work process
-(the six workers and the record projection) during a pdsScan of N records on a loopback PDS
-(a process of its own), for each N given, in repos of the same size (--repo-records): a repo
-is verified whole before it is indexed, so memory follows the largest repo read at once, and
-must not follow how many records the scan reads in all. Flat in the record count means the
-largest scan peaks where the smallest does (the ratio is printed).
+"""Worker memory while scanning: the peak resident set of `chive-backfill up`'s workers
+process (pdsScan among them; the projector's is printed beside it) during a pdsScan of N
+records on a loopback PDS (a process of its own), for each N given, in repos of the same size
+(--repo-records): a repo is verified whole before it is indexed, so memory follows the largest
+repo read at once, and must not follow how many records the scan reads in all. Flat in the
+record count means the largest scan peaks where the smallest does (the ratio is printed).
 
 The peak is the kernel's high-water mark of the process (VmHWM), read when the scan has
 finished, so no sample can miss it.
@@ -27,7 +27,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.trigger import TRIGGER, _bearer, _scan_done, _until_up, loopback_pds, process
+from bench.service import finished, loopback_pds, trigger, until_up, up
 from testkit.broker import free_port, kafka_broker
 from testkit.harness import Admin, service_env
 
@@ -47,35 +47,34 @@ def status_kib(pid: int, field: str) -> int:
     raise KeyError(field)
 
 
-def work_process(up_pid: int) -> int:
-    """The child of `up` running `chive-backfill work`."""
+def role_process(up_pid: int, role: bytes) -> int:
+    """The child of `up` running `chive-backfill <role>`."""
     for child in children(up_pid):
-        if b"work" in Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0"):
+        if role in Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0"):
             return child
-    raise RuntimeError("no work process under chive-backfill up")
+    raise RuntimeError(f"no {role.decode()} process under chive-backfill up")
 
 
 async def one(records: int, repo_records: int, kafka: str | None) -> dict:
     admin = Admin()
     repos = max(1, records // repo_records)
-    with tempfile.TemporaryDirectory() as tmp, loopback_pds(records, repos) as (plc, pds):
+    with tempfile.TemporaryDirectory() as tmp, loopback_pds(records, repos) as source:
         port = free_port()
-        env = service_env(Path(tmp) / "data", port, plc, admin, kafka, f"mem{time.time_ns()}")
+        namespace = f"mem{time.time_ns()}"
+        env = service_env(Path(tmp) / "data", port, source["plc"], admin, kafka, namespace)
         log = Path(tmp) / "up.log"
-        with process([sys.executable, "-m", "services.cli", "up"], env, log) as up:
+        with up(env, log) as service:
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
-                await _until_up(http)
-                work = work_process(up.pid)
+                await until_up(http, log)
+                work = role_process(service.pid, b"workers")
+                projector = role_process(service.pid, b"projector")
                 idle_kib = status_kib(work, "VmRSS")
                 t0 = time.perf_counter()
-                r = await http.post(
-                    f"/xrpc/{TRIGGER}",
-                    json={"type": "pdsScan", "pdsUrl": pds},
-                    headers=_bearer(admin.token(TRIGGER)),
-                )
-                done = await _scan_done(http, admin, r.json()["operation"]["id"])
+                op = await trigger(http, admin, {"type": "pdsScan", "pdsUrl": source["pds"]})
+                done = await finished(http, admin, op["id"])
                 elapsed = time.perf_counter() - t0
                 peak_kib = status_kib(work, "VmHWM")
+                projector_kib = status_kib(projector, "VmHWM")
     assert done["status"] == "completed" and done["recordsProcessed"] == records, done
     return {
         "records": records,
@@ -83,6 +82,7 @@ async def one(records: int, repo_records: int, kafka: str | None) -> dict:
         "log": "kafka" if kafka else "sqlite",
         "idle_rss_mb": round(idle_kib / 1024, 1),
         "peak_rss_mb": round(peak_kib / 1024, 1),
+        "projector_peak_rss_mb": round(projector_kib / 1024, 1),
         "scan_s": round(elapsed, 1),
     }
 
@@ -106,10 +106,11 @@ async def main() -> None:
         mine = [r for r in runs if r["log"] == kind]
         first, last = mine[0], mine[-1]
         print(
-            f"{kind}: work process peak RSS "
+            f"{kind}: workers process peak RSS "
             + ", ".join(f"{r['peak_rss_mb']} MB at {r['records']} records" for r in mine)
             + f" (idle {first['idle_rss_mb']} MB; largest/smallest peak "
-            f"{last['peak_rss_mb'] / first['peak_rss_mb']:.2f}x; target <= 150 MB, flat)"
+            f"{last['peak_rss_mb'] / first['peak_rss_mb']:.2f}x; target <= 150 MB, flat; "
+            f"projector peak {last['projector_peak_rss_mb']} MB)"
         )
 
 

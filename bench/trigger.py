@@ -24,11 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import os
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,11 +35,22 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.light_http import LightClient, Response
+from bench.service import (
+    STATUS,
+    TRIGGER,
+    bearer,
+    finished,
+    loopback_pds,
+    percentiles,
+    process,
+    status,
+    trigger,
+    until_up,
+    up,
+)
 from testkit.broker import free_port, kafka_broker, wait_for_port
 from testkit.harness import Admin, service_env
 
-TRIGGER = "pub.chive.admin.triggerBackfill"
-STATUS = "pub.chive.admin.getBackfillStatus"
 CLIENTS = 32
 
 BARE = """
@@ -57,61 +64,6 @@ async def ping() -> dict:
 
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
 """
-
-
-def percentiles(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-    return {"p50_ms": round(statistics.median(ordered), 2), "p99_ms": round(p99, 2)}
-
-
-@contextlib.contextmanager
-def process(args: list[str], env: dict[str, str] | None = None, log: Path | None = None):
-    out = open(log, "ab") if log else subprocess.DEVNULL
-    proc = subprocess.Popen(args, env={**os.environ, **(env or {})}, stdout=out, stderr=out)
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if log:
-            out.close()
-
-
-@contextlib.contextmanager
-def loopback_pds(records: int, repos: int):
-    """A FakePlc and FakePds in a process of their own: (plc url, pds url)."""
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve-pds", str(records), str(repos)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
-    try:
-        urls = json.loads(proc.stdout.readline())
-        yield urls["plc"], urls["pds"]
-    finally:
-        proc.stdin.close()
-        proc.wait(timeout=20)
-
-
-def serve_pds(records: int, repos: int) -> None:
-    from testkit.servers import FakePds, FakePlc
-
-    # A stand-in for someone else's server: in production it is not on this machine's cores,
-    # so here it yields them to the service under test.
-    os.nice(10)
-    plc = FakePlc().start()
-    pds = FakePds(plc).start()
-    for i in range(repos):
-        pds.add_repo(f"did:plc:trigbench{i:04d}", {"pub.chive.graph.edge": records // repos})
-    print(json.dumps({"plc": plc.url, "pds": pds.url}), flush=True)
-    sys.stdin.read()  # until the bench closes it
-    pds.stop()
-    plc.stop()
 
 
 async def timed(calls: list) -> list[float]:
@@ -152,19 +104,16 @@ async def bare_ceiling(n: int) -> dict:
 
 async def service(kind: str, n: int, scan_records: int, kafka: str | None) -> dict:
     admin = Admin()
-    with tempfile.TemporaryDirectory() as tmp, loopback_pds(scan_records, 20) as (plc, pds):
-        port = free_port()
-        env = service_env(Path(tmp) / "data", port, plc, admin, kafka, f"trig{time.time_ns()}")
-        with process([sys.executable, "-m", "services.cli", "up"], env, Path(tmp) / "up.log"):
+    with tempfile.TemporaryDirectory() as tmp, loopback_pds(scan_records, 20) as source:
+        port, pds, log = free_port(), source["pds"], Path(tmp) / "up.log"
+        namespace = f"trig{time.time_ns()}"
+        env = service_env(Path(tmp) / "data", port, source["plc"], admin, kafka, namespace)
+        with up(env, log):
             limits = httpx.Limits(max_connections=CLIENTS)
             async with httpx.AsyncClient(
                 base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=30
             ) as http:
-                try:
-                    await _until_up(http)
-                except RuntimeError:
-                    tail = (Path(tmp) / "up.log").read_text()[-3000:]
-                    raise RuntimeError(f"chive-backfill up did not answer:\n{tail}") from None
+                await until_up(http, log)
                 tokens = {
                     lxm: [admin.token(lxm, ttl_s=1800) for _ in range(n * 6)]
                     for lxm in (TRIGGER, STATUS)
@@ -182,7 +131,7 @@ async def service(kind: str, n: int, scan_records: int, kafka: str | None) -> di
                     body = {"type": "didSync", "did": f"did:plc:nobody{next(counter):07d}"}
 
                     async def call() -> None:
-                        r = await light.post(f"/xrpc/{TRIGGER}", body, _bearer(token))
+                        r = await light.post(f"/xrpc/{TRIGGER}", body, bearer(token))
                         assert r.status_code == 200, r.text
                         if ids is not None:
                             ids.append(r.json()["operation"]["id"])
@@ -191,7 +140,7 @@ async def service(kind: str, n: int, scan_records: int, kafka: str | None) -> di
 
                 def status_call(op_id: str, token: str):
                     async def call() -> Response:
-                        return await light.get(f"/xrpc/{STATUS}", {"id": op_id}, _bearer(token))
+                        return await light.get(f"/xrpc/{STATUS}", {"id": op_id}, bearer(token))
 
                     return call
 
@@ -216,18 +165,13 @@ async def service(kind: str, n: int, scan_records: int, kafka: str | None) -> di
                 while len(during) < n:
                     op = scans[-1] if scans else None
                     if op is not None:
-                        op = await _scan_state(http, admin, op["id"])
+                        op = await status(http, admin, op["id"])
                         scans[-1] = op
                     if op is None or op["status"] != "running":
-                        r = await http.post(
-                            f"/xrpc/{TRIGGER}",
-                            json={"type": "pdsScan", "pdsUrl": pds},
-                            headers=_bearer(admin.token(TRIGGER)),
-                        )
-                        scans.append(r.json()["operation"])
+                        scans.append(await trigger(http, admin, {"type": "pdsScan", "pdsUrl": pds}))
                         continue
                     during += await timed([trigger_call() for _ in range(20)])
-                finals = [await _scan_done(http, admin, op["id"]) for op in scans]
+                finals = [await finished(http, admin, op["id"]) for op in scans]
                 await light.aclose()
     return {
         "log": kind,
@@ -244,47 +188,12 @@ async def service(kind: str, n: int, scan_records: int, kafka: str | None) -> di
     }
 
 
-def _bearer(token: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {token}"}
-
-
-async def _until_up(http: httpx.AsyncClient) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError):
-            if (await http.get("/xrpc/_health")).status_code == 200:
-                return
-        await asyncio.sleep(0.1)
-    raise RuntimeError("chive-backfill up did not answer within 60 s")
-
-
-async def _scan_state(http: httpx.AsyncClient, admin: Admin, op_id: str) -> dict:
-    r = await http.get(
-        f"/xrpc/{STATUS}", params={"id": op_id}, headers=_bearer(admin.token(STATUS))
-    )
-    return r.json()["operation"]
-
-
-async def _scan_done(http: httpx.AsyncClient, admin: Admin, op_id: str) -> dict:
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        op = await _scan_state(http, admin, op_id)
-        if op["status"] != "running":
-            return op
-        await asyncio.sleep(0.2)
-    raise RuntimeError("the pdsScan did not finish within 600 s")
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--scan-records", type=int, default=20000)
     parser.add_argument("--logs", default="sqlite,kafka")
-    parser.add_argument("--serve-pds", nargs=2, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serve_pds:
-        serve_pds(*args.serve_pds)
-        return
     figures: dict = {"bare": await bare_ceiling(args.requests), "up": []}
     for kind in args.logs.split(","):
         if kind == "kafka":

@@ -119,6 +119,12 @@ async def append_patiently(
     raise AssertionError("unreachable")
 
 
+def folded_through(ends: dict[int, int], positions: dict[int, int]) -> bool:
+    """`positions` (the next offset a reader will take, per partition) have reached `ends`
+    (offsets a topic had reached) on every partition."""
+    return all(positions.get(p, 0) >= end for p, end in ends.items())
+
+
 async def caught_up_everywhere(reader: Reader, partitions: int) -> bool:
     """True when the reader has read everything appended to every partition so far."""
     return all([await reader.caught_up(p) for p in range(partitions)])

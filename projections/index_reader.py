@@ -1,6 +1,12 @@
-"""A reader of the record index in another process (the API, the CLI, a worker without its
-own replica): it serves whichever index file the data dir's pointer names and moves to the new
-one on the first query after fullReindex switches it (projections/index_location.py)."""
+"""Readers of the record index.
+
+- FollowingIndex: the index of another process (the API, the CLI, the workers beside `up`'s
+  projector): it serves whichever index file the data dir's pointer names and moves to the new
+  one on the first query after fullReindex switches it (projections/index_location.py).
+- The IndexAccess a worker reads through (freshnessScan, citationExtraction, governanceSync):
+  the index once it has folded everything appended to the log before the ask, folded in the
+  worker's own process (FoldedHere) or by the projector's (ProjectorsIndex).
+"""
 
 from __future__ import annotations
 
@@ -8,11 +14,15 @@ import asyncio
 import logging
 import sqlite3
 from pathlib import Path
+from typing import Protocol
 
 import aiosqlite
 
+from events.log import EventLog, folded_through
+from events.model import RECORDS_TOPIC
 from projections import index_location, tracking
 from projections.records import RecordIndex
+from projections.runner import ProjectionRunner
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +103,10 @@ class IndexPositions:
             log.warning("cannot read the record index's positions: %s", exc)
             return None
 
+    @property
+    def index(self) -> FollowingIndex | None:
+        return self._index
+
     async def _open(self) -> FollowingIndex | None:
         async with self._opening:
             if self._index is None and index_location.active_path(self._data_dir).exists():
@@ -108,3 +122,51 @@ class IndexPositions:
         if self._index is not None:
             await self._index.close()
             self._index = None
+
+
+class IndexAccess(Protocol):
+    async def caught_up(self, timeout: float) -> RecordIndex | None:
+        """The index once it has folded everything appended to the log before this call;
+        None if it has not within `timeout` seconds."""
+
+
+class FoldedHere:
+    """An index this process folds (a worker's own replica, or the projector's beside it)."""
+
+    def __init__(self, index: RecordIndex, runner: ProjectionRunner) -> None:
+        self.index = index
+        self.runner = runner
+
+    async def caught_up(self, timeout: float) -> RecordIndex | None:
+        return self.index if await self.runner.wait_caught_up(timeout) else None
+
+
+# How often a worker looks again at how far the projector process has folded.
+POLL_S = 0.02
+
+
+class ProjectorsIndex:
+    """The index the projector process keeps in this data dir (under `up`, the workers'
+    process beside it): caught up once its tracking positions, committed with its writes,
+    reach the log's end offsets as they were when asked. Opened on first use: at start the
+    projector may not have created it yet."""
+
+    def __init__(self, data_dir: Path, event_log: EventLog) -> None:
+        self._data_dir = data_dir
+        self._log = event_log
+        self._index = IndexPositions(data_dir)
+
+    async def caught_up(self, timeout: float) -> RecordIndex | None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        ends = await self._log.end_offsets(RECORDS_TOPIC)
+        while True:
+            folded = await self._index()
+            if folded is not None and folded_through(ends, folded):
+                return self._index.index
+            if loop.time() >= deadline:
+                return None
+            await asyncio.sleep(POLL_S)
+
+    async def close(self) -> None:
+        await self._index.close()

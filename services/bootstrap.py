@@ -14,7 +14,13 @@ from events.kafka_log import KafkaEventLog
 from events.log import EventLog
 from events.sqlite_log import SqliteEventLog
 from projections import index_location
-from projections.index_reader import FollowingIndex, IndexPositions
+from projections.index_reader import (
+    FoldedHere,
+    FollowingIndex,
+    IndexAccess,
+    IndexPositions,
+    ProjectorsIndex,
+)
 from projections.operations import OperationsStore
 from projections.rebuild import Reindexer
 from projections.records import RecordIndex
@@ -199,10 +205,12 @@ async def run_workers(
     stop: asyncio.Event,
     projector: Projector | None = None,
     obs: Observability | None = None,
+    *,
+    projector_process: bool = False,
 ) -> None:
-    """`projector`: the records projection when it runs in this process."""
+    """`projector`: the records projection when it runs in this process. `projector_process`:
+    a projector process keeps the index in this data dir (`up`): the workers read that one."""
     obs = obs or Observability()
-    index_runner = projector.runner if projector else None
     if BESIDE_PROJECTOR & set(types) and projector is None:
         raise SystemExit(
             f"{', '.join(sorted(BESIDE_PROJECTOR & set(types)))} works on the projector's index: "
@@ -211,23 +219,26 @@ async def run_workers(
     async with contextlib.AsyncExitStack() as stack:
         fetcher = await stack.enter_async_context(outbound.Fetcher(fetch_policy(settings)))
         tasks: list[asyncio.Task] = []
-        index = runner = None
-        if READS_INDEX & set(types):
-            own_replica = index_runner is None
-            # A worker process on its own keeps a replica of the index, folded here; beside
-            # the projector it reads the projector's index over a connection of its own.
-            # Beside the projector the reader follows fullReindex's switches.
-            index = (
-                RecordIndex(settings.data_dir / "worker-records.db")
-                if own_replica
-                else FollowingIndex(settings.data_dir)
-            )
-            await index.open()
-            stack.push_async_callback(index.close)
-            runner = index_runner or ProjectionRunner(event_log, index, "worker-records")
-            if own_replica:
-                obs.watch_projection(runner, "worker-records", model.RECORDS_TOPIC)
-                tasks.append(asyncio.create_task(runner.run(stop), name="worker-records"))
+        index: IndexAccess | None = None
+        if READS_INDEX & set(types) and projector_process:
+            projectors = ProjectorsIndex(settings.data_dir, event_log)
+            stack.push_async_callback(projectors.close)
+            index = projectors
+        elif READS_INDEX & set(types) and projector is not None:
+            # Over a connection of its own, following fullReindex's switches.
+            following = FollowingIndex(settings.data_dir)
+            await following.open()
+            stack.push_async_callback(following.close)
+            index = FoldedHere(following, projector.runner)
+        elif READS_INDEX & set(types):
+            # A worker process on its own keeps a replica of the index, folded here.
+            replica = RecordIndex(settings.data_dir / "worker-records.db")
+            await replica.open()
+            stack.push_async_callback(replica.close)
+            runner = ProjectionRunner(event_log, replica, "worker-records")
+            obs.watch_projection(runner, "worker-records", model.RECORDS_TOPIC)
+            tasks.append(asyncio.create_task(runner.run(stop), name="worker-records"))
+            index = FoldedHere(replica, runner)
         policy = RetryPolicy(attempts=settings.source_attempts, timeout_s=settings.source_timeout_s)
         pdf = None
         if "citationExtraction" in types and not settings.grobid_url:
@@ -242,7 +253,6 @@ async def run_workers(
             governance_pds_url=settings.governance_pds_url,
             governance_did=settings.governance_did,
             index=index,
-            index_runner=runner,
             reindexer=projector.reindexer if projector else None,
             grobid=Grobid(fetcher.http, settings.grobid_url, policy)
             if settings.grobid_url
@@ -332,6 +342,15 @@ async def run_work(
     finally:
         await _cancel(tasks)
         await projector.index.close()
+
+
+async def run_beside_projector(
+    settings: Settings, event_log: EventLog, stop: asyncio.Event, obs: Observability | None = None
+) -> None:
+    """The workers of every type but those inside the projector, reading the index a projector
+    process keeps in this data dir: what runs beside the API and the projector under `up`."""
+    types = sorted(set(HANDLERS) - BESIDE_PROJECTOR)
+    await run_workers(settings, event_log, types, stop, obs=obs, projector_process=True)
 
 
 async def run_all(

@@ -1,10 +1,13 @@
-"""`chive-backfill up`: the API in a process of its own, beside one process that does the work
-(the record projection and all six workers), both on the one log.
+"""`chive-backfill up`: three processes on the one log and the one data dir: the API, the
+record projector (with fullReindex, which rebuilds its index), and the workers of the other five
+types (which read the projector's index).
 
-Why two: in one process the API shares an event loop, and a core, with whatever the workers
-are doing, and its answers wait behind a page being decoded or a batch being folded. Apart, the
-API answers from its own core however busy the work is; the log (the SQLite file, or Kafka) is
-how they talk, as it is between any two replicas.
+Why apart: in one process the API shares an event loop, and a core, with whatever the workers
+are doing, and its answers wait behind a page being decoded or a batch being folded; and one
+Python process uses one core however many the machine has, so a scan would decode its repos and
+fold their records into the index in turn. Apart, the API answers from its own core however
+busy the work is, and the projector folds one batch while the workers decode the next; the log
+(the SQLite file, or Kafka) is how they talk, as it is between any two replicas.
 
 It fails as one service does: when either process ends, the other is stopped and `up` exits
 non-zero with that process's reason as its last line. SIGINT or SIGTERM stop both, cleanly.
@@ -26,7 +29,8 @@ log = logging.getLogger(__name__)
 
 # name -> (the `chive-backfill` command that runs it, its niceness). The work runs at a lower
 # CPU priority: on a machine it saturates, the API's answers do not queue behind it.
-ROLES = {"api": (("api",), 0), "work": (("work",), 10)}
+ROLES = {"api": (("api",), 0), "projector": (("projector",), 10), "workers": (("workers",), 10)}
+STATUS_PORT_ENV = "CHIVE_STATUS_PORT"
 SUPERVISOR_ENV = "CHIVE_SUPERVISOR_PID"
 NICENESS_ENV = "CHIVE_SUPERVISED_NICENESS"
 # How long a child has to stop after SIGTERM before it is killed.
@@ -48,7 +52,7 @@ async def supervise(stop: asyncio.Event) -> None:
                 "-m",
                 "services.cli",
                 *args,
-                env={**env, NICENESS_ENV: str(niceness)},
+                env={**_role_env(env, name), NICENESS_ENV: str(niceness)},
                 stderr=asyncio.subprocess.PIPE,
             )
             children[name] = child
@@ -82,6 +86,17 @@ def die_with_supervisor() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != int(expected):  # `up` went before the request was made
         os._exit(1)
+
+
+def _role_env(env: dict[str, str], role: str) -> dict[str, str]:
+    """Two processes serve status endpoints: the workers on CHIVE_STATUS_PORT, the projector on
+    the port after it (the API serves its own on CHIVE_PORT)."""
+    port = env.get(STATUS_PORT_ENV)
+    if role == "api" or not port:
+        return {k: v for k, v in env.items() if k != STATUS_PORT_ENV}
+    if role == "projector" and port.isdigit() and int(port) > 0:
+        return {**env, STATUS_PORT_ENV: str(int(port) + 1)}
+    return env
 
 
 async def _relay(child: asyncio.subprocess.Process, name: str, reasons: dict[str, str]) -> None:

@@ -10,6 +10,7 @@ import pytest
 from events import model
 from events.log import read_to_end
 from events.memory_log import MemoryEventLog
+from projections.index_reader import FoldedHere
 from projections.records import RecordIndex
 from projections.runner import ProjectionRunner
 from services import outbound
@@ -179,8 +180,7 @@ async def test_a_resumed_freshness_scan_starts_at_the_next_unfinished_repo(
             log,
             plc,
             checkpoint,
-            index=index,
-            index_runner=runner,
+            index=FoldedHere(index, runner),
         )
     finally:
         stop.set()

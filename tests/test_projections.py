@@ -568,3 +568,42 @@ def test_a_process_that_leaves_a_projection_open_still_exits(tmp_path):
         timeout=30,
     )
     assert done.returncode == 0 and done.stdout == "opened\n", done.stderr
+
+
+async def test_workers_beside_a_projector_process_read_its_index_once_it_has_caught_up(tmp_path):
+    """Under `up` the workers read the index the projector process folds: a read waits until
+    the index's positions (committed with its writes) reach the log's end as it was when
+    asked, and waits for the file itself while the projector has not created it yet."""
+    from projections.index_location import active_path
+    from projections.index_reader import ProjectorsIndex
+
+    data = tmp_path / "data"
+    log = SqliteEventLog(tmp_path / "events.db", 3)
+    await log.start()
+    await log.ensure_topics([model.RECORDS_TOPIC])
+    projectors = ProjectorsIndex(data, log)
+    uris = [f"at://did:plc:a/{SUBMISSION}/{i}" for i in range(6)]
+    await log.append(model.RECORDS_TOPIC, [_entry(_upsert(u, "c", 1)) for u in uris])
+    # No index file yet: not caught up, and nothing created by the reader.
+    assert await projectors.caught_up(0.1) is None
+    assert not active_path(data).exists()
+    index = RecordIndex(active_path(data))  # the projector's, as its process opens it
+    await index.open()
+    stop = asyncio.Event()
+    runner = ProjectionRunner(log, index, "records")
+    try:
+        # The projector starts while a worker waits: the wait ends with every record folded.
+        waiting = asyncio.create_task(projectors.caught_up(30))
+        folding = asyncio.create_task(runner.run(stop))
+        seen = await waiting
+        assert seen is not None and await seen.live_count() == 6
+        # Stopped, it falls behind what is appended next: a read gives up at its deadline.
+        stop.set()
+        await asyncio.wait_for(folding, 10)
+        await log.append(model.RECORDS_TOPIC, [_entry(_upsert(f"{uris[0]}x", "c", 2))])
+        assert await projectors.caught_up(0.2) is None
+    finally:
+        stop.set()
+        await projectors.close()
+        await index.close()
+        await log.close()

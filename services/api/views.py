@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from events.log import folded_through
 from events.model import format_datetime
 from projections.operations import Operation
 
@@ -53,13 +54,7 @@ def operation_view(
     ):
         view["stalled"] = True
     if op.finished and op.records_through is not None and index_folded is not None:
-        view["indexCurrent"] = index_current(op.records_through, index_folded)
+        view["indexCurrent"] = folded_through(op.records_through, index_folded)
     if op.cancel_requested and not op.finished:
         view["cancelRequested"] = True
     return view
-
-
-def index_current(records_through: dict[int, int], index_folded: dict[int, int]) -> bool:
-    """The index has folded every partition at least as far as the records topic reached
-    when the operation finished."""
-    return all(index_folded.get(p, 0) >= end for p, end in records_through.items())

@@ -19,9 +19,9 @@ import msgspec
 
 from events import model
 from events.log import Entry, EventLog, append_patiently
+from projections.index_reader import IndexAccess
 from projections.rebuild import Reindexer
 from projections.records import RecordIndex
-from projections.runner import ProjectionRunner
 from services.atproto.identity import DidNotFound, DidResolver, ResolutionError, pds_endpoint
 from services.logs import operation_fields
 from services.settings import Settings
@@ -81,9 +81,9 @@ class Services:
     # The governance PDS and the repo on it that holds the knowledge graph.
     governance_pds_url: str = "https://governance.chive.pub"
     governance_did: str | None = None
-    # The worker process's own replica of the record index (types that read the index).
-    index: RecordIndex | None = None
-    index_runner: ProjectionRunner | None = None
+    # The record index, for the types that read it: a replica of the worker process's own,
+    # or the projector's (projections/index_reader.py).
+    index: IndexAccess | None = None
     # The projector's index rebuild when the projector runs in this process (fullReindex).
     reindexer: Reindexer | None = None
     # GROBID for citationExtraction; None: the worker extracts PDF text itself, in `pdf`.
@@ -240,9 +240,9 @@ async def pds_of(services: Services, did: str, *, fresh: bool = False) -> str:
 async def caught_up_index(ctx: WorkContext) -> RecordIndex:
     """The record index this worker reads, once it has folded everything appended to the log
     before this call."""
-    index, runner = ctx.services.index, ctx.services.index_runner
-    if index is None or runner is None:
+    if ctx.services.index is None:
         raise OperationFailed(f"{ctx.backfill_type} needs the record index of its worker process")
-    if not await runner.wait_caught_up(INDEX_READY_S):
+    index = await ctx.services.index.caught_up(INDEX_READY_S)
+    if index is None:
         raise OperationFailed("the worker's record index did not catch up with the log")
     return index
