@@ -155,7 +155,11 @@ class _Fold:
             while True:
                 if check_cancelled:
                     check_cancelled()
-                messages = await reader.poll(POLL_S)
+                # What the log holds now; a poll that waits only when there is more to come
+                # (at the end, a wait would only hold the rebuild up: twice per rebuild).
+                messages = await reader.poll(0)
+                if not messages and not await caught_up_everywhere(reader, self._log.partitions):
+                    messages = await reader.poll(POLL_S)
                 # A short batch only once the poll came back empty: the log has no more.
                 batches, pending = _batches(
                     pending + messages, self._batch_size, drain=not messages

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -247,9 +248,31 @@ class ServiceProcess:
         self.proc.wait()
 
     def terminate(self) -> int:
+        """SIGTERM, once the process handles it (one still importing its modules would die of
+        the signal, not stop: a restart moments before must not read as an unclean stop),
+        then its exit code."""
         assert self.proc is not None
+        deadline = time.monotonic() + 30
+        while (
+            self.proc.poll() is None
+            and not catches_sigterm(self.proc.pid)
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.01)
         self.proc.terminate()
         return self.proc.wait(timeout=30)
+
+
+def catches_sigterm(pid: int) -> bool:
+    """The process has a handler for SIGTERM (its caught-signals mask in /proc says so)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    for line in status.splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+    return False
 
 
 async def run_cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
