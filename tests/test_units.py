@@ -98,6 +98,51 @@ def test_did_key_round_trip_and_signatures():
         keys.parse_did_key("did:key:zNotAKey0")
 
 
+def test_k256_signatures_verify_as_openssl_verifies_them():
+    """k256 signatures are checked by libsecp256k1 (fast); OpenSSL's answer is the reference:
+    they agree on valid, altered, foreign, zero, high-S and truncated signatures."""
+    import random
+
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+    def openssl(public: keys.PublicKey, sig: bytes, message: bytes) -> bool:
+        r, s = int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big")
+        if len(sig) != 64 or not (0 < r < keys.K256.order and 0 < s <= keys.K256.order // 2):
+            return False
+        try:
+            public.key.verify(encode_dss_signature(r, s), message, ec.ECDSA(hashes.SHA256()))
+        except InvalidSignature:
+            return False
+        return True
+
+    rng = random.Random(7)
+    key, other = keys.PrivateKey.generate(keys.K256), keys.PrivateKey.generate(keys.K256)
+    public = key.public
+    verdicts = []
+    for i in range(40):
+        message = rng.randbytes(rng.randint(0, 300))
+        sig = key.sign(message)
+        r, s = sig[:32], int.from_bytes(sig[32:], "big")
+        flipped = bytearray(sig)
+        flipped[rng.randrange(64)] ^= 1 << rng.randrange(8)
+        for candidate, text in (
+            (sig, message),
+            (sig, message + b"x"),
+            (bytes(flipped), message),
+            (other.sign(message), message),
+            (bytes(64), message),
+            (r + (keys.K256.order - s).to_bytes(32, "big"), message),
+            (sig[:63], message),
+        ):
+            verdict = public.verify(candidate, text)
+            assert verdict == openssl(public, candidate, text), (i, candidate.hex())
+            verdicts.append(verdict)
+    assert verdicts.count(True) == 40  # the genuine ones, and nothing else
+
+
 def test_base58_round_trip():
     for data in (b"", b"\x00\x00abc", bytes(range(40))):
         assert keys.b58decode(keys.b58encode(data)) == data

