@@ -1,6 +1,7 @@
 """Trigger latency and throughput, outside-in, against `chive-backfill up` run as a user runs it
-(a subprocess: the API process beside the work process), on both logs, beside the ceiling of a
-bare FastAPI JSON endpoint served by uvicorn in a process of its own, measured in the same run:
+(a subprocess: the API process beside the projector and the workers), on both logs, beside
+the ceiling of a bare FastAPI JSON endpoint served by uvicorn in a process of its own, measured
+in the same run:
 
 - sequential triggers (JWT verified; each a didSync of a DID of its own, which the PLC does not
   know, so the work is small): p50 and p99;

@@ -326,8 +326,8 @@ async def run_projector(
 async def run_work(
     settings: Settings, event_log: EventLog, stop: asyncio.Event, obs: Observability | None = None
 ) -> None:
-    """The record projection and all six workers in one process, sharing one index: what runs
-    beside the API under `chive-backfill up` (services/supervisor.py)."""
+    """The record projection and all six workers in one process, sharing one index (one
+    process for the whole of the work: `chive-backfill work`, and the tests' run_all)."""
     obs = obs or Observability()
     # One record index in one process: workers that read it share the projector's. It is
     # opened here, first, so no two connections race to create the file.
@@ -358,8 +358,8 @@ async def run_all(
     stop: asyncio.Event,
     on_ready: Callable[[int], Awaitable[None]] | None = None,
 ) -> None:
-    """Everything in one process on one log and one event loop (tests, benchmarks; `up` runs
-    the API and the work in two processes)."""
+    """Everything in one process on one log and one event loop (tests; `up` runs the API, the
+    projector and the workers in three processes)."""
     obs = Observability()
     async with open_log(settings, obs.metrics) as event_log:
         tasks = [
