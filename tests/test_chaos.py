@@ -140,11 +140,12 @@ async def test_seeded_kills_change_nothing(log_kind, kafka, tmp_path, plc, uniqu
             finished = [await client.wait_finished(op["id"], timeout=180) for op in ops]
         finally:
             await client.close()
-            for name, proc in procs.items():
-                if proc.proc.poll() is None:
-                    code = proc.terminate()
-                    assert code == 0, (tmp_path / f"{name}.log").read_text()[-3000:]
+            # Every process is stopped before any exit code is judged: one unclean stop must
+            # not leave the others running past the test.
+            codes = {n: p.terminate() for n, p in procs.items() if p.proc.poll() is None}
             pds_a.faults.delay_s = pds_b.faults.delay_s = 0
+            for name, code in codes.items():
+                assert code == 0, (tmp_path / f"{name}.log").read_text()[-3000:]
         assert len(kills) == KILLS[log_kind]
         assert {outcome(o) for o in finished} == expected
 

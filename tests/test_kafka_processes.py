@@ -121,9 +121,10 @@ def deployment(kafka_bootstrap, tmp_path_factory, plc) -> Iterator[Deployment]:
         yield deployment
     finally:
         pds.stop()
-        for name, process in processes.items():
-            if process.proc.poll() is None:
-                assert process.terminate() == 0, (tmp / f"{name}.log").read_text()[-2000:]
+        # All stopped before any exit code is judged: none is left running past the test.
+        codes = {n: p.terminate() for n, p in processes.items() if p.proc.poll() is None}
+        for name, code in codes.items():
+            assert code == 0, (tmp / f"{name}.log").read_text()[-2000:]
 
 
 @pytest.fixture

@@ -117,6 +117,10 @@ async def _scan_pds(
 ) -> None:
     client = ctx.services.client
     pages = 0
+    # Repos of this PDS in hand at once: as many as may download (they hold a request slot
+    # only while they do) and one more, verified and appended meanwhile. A bound on memory
+    # too: a page lists up to 1,000 repos, and each read is a whole repo.
+    in_hand = asyncio.Semaphore(ctx.services.limits.source_concurrency_per_pds + 1)
     while True:
         ctx.check_cancelled()
         page = await list_repos_page(client, pds_url, progress.page_cursor, REPOS_PAGE)
@@ -127,7 +131,7 @@ async def _scan_pds(
         todo = [r.did for r in page.repos if r.active and r.did not in done]
 
         async def one(did: str) -> None:
-            async with ctx.services.slots.held(pds_url):
+            async with in_hand:
                 ctx.check_cancelled()
                 key = (pds_url, did)
                 in_flight[key] = 0
@@ -180,7 +184,8 @@ async def _read_one(
         await report()
 
     try:
-        await scan_repo(ctx, pds_url, did, on_page)
+        async with ctx.services.slots.held(pds_url):
+            await scan_repo(ctx, pds_url, did, on_page)
     except XrpcCallError:
         pass
     return skipped

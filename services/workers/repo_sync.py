@@ -179,13 +179,17 @@ async def _fetch(
         return readers[-1].feed
 
     try:
-        await ctx.services.client.stream_into(
-            pds_url,
-            "com.atproto.sync.getRepo",
-            {"did": did, "since": since},
-            outbound.REPO_BYTES,
-            start,
-        )
+        # A request slot of the PDS (services/workers/source_slots.py) for the download
+        # alone: the repo is verified and appended after it is given back, while another
+        # request is already on its way.
+        async with ctx.services.slots.held(pds_url):
+            await ctx.services.client.stream_into(
+                pds_url,
+                "com.atproto.sync.getRepo",
+                {"did": did, "since": since},
+                outbound.REPO_BYTES,
+                start,
+            )
     except XrpcCallError as exc:
         if exc.status == 501 or exc.error in ("MethodNotImplemented", "ResponseTooLarge"):
             return None
@@ -208,7 +212,10 @@ async def _fetch_record(
 ) -> tuple[bytes, str | None]:
     """(the record's value, or the reason it is skipped), read with getRecord."""
     try:
-        fetched = await get_record(ctx.services.client, pds_url, did, entry.collection, entry.rkey)
+        async with ctx.services.slots.held(pds_url):
+            fetched = await get_record(
+                ctx.services.client, pds_url, did, entry.collection, entry.rkey
+            )
     except XrpcCallError as exc:
         return b"", f"refused: {exc.error}"
     return bytes(fetched.value), None
