@@ -8,6 +8,7 @@ import asyncio
 import base64
 import json
 import os
+import select
 import socket
 import stat
 import time
@@ -193,6 +194,43 @@ async def test_endless_bodies_and_declared_sizes_over_the_cap_are_refused():
                 await fetcher.fetch(server.url + "/declared", max_bytes=1000, deadline_s=10)
     finally:
         server.stop()
+
+
+async def test_a_connection_the_server_closed_while_idle_is_not_used_again():
+    """The pool asks our connections whether an idle one is still good (services/outbound.py
+    _QuickStream): a server that closes one once it sits idle gets a fresh connection next
+    time, not a request on a dead one."""
+    connections, close_now = [], asyncio.Event()
+
+    async def answer_then_close(reader: asyncio.StreamReader, writer) -> None:
+        connections.append(writer)
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n")
+        writer.write(b"content-length: 2\r\n\r\n{}")
+        await writer.drain()
+        await close_now.wait()  # no "connection: close": the client keeps it, idle
+        writer.close()
+        await writer.wait_closed()
+
+    server = await asyncio.start_server(answer_then_close, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+    try:
+        async with outbound.Fetcher(LOOPBACK_OK) as fetcher:
+            assert (await fetcher.fetch(url, max_bytes=100, deadline_s=5)).body == b"{}"
+            (idle,) = fetcher.http._transport._pool.connections
+            sock = idle._connection._network_stream.get_extra_info("socket")
+            close_now.set()
+
+            async def close_arrived() -> bool:  # the end of the stream is there to read
+                return bool(select.select([sock], [], [], 0)[0])
+
+            await eventually(close_arrived, timeout=5, what="the server's close to arrive")
+            assert (await fetcher.fetch(url, max_bytes=100, deadline_s=5)).body == b"{}"
+        assert len(connections) == 2
+    finally:
+        close_now.set()
+        server.close()
+        await server.wait_closed()
 
 
 async def test_redirects_are_not_followed(listener):
