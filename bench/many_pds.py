@@ -26,7 +26,6 @@ import math
 import os
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +35,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.service import STATUS, TRIGGER, bearer, process, until_up
+from bench.service import STATUS, TRIGGER, bearer, process, serving, until_up
 from services.settings import Settings
 from testkit.broker import free_port, kafka_broker
 from testkit.harness import Admin, service_env
@@ -45,19 +44,9 @@ PARTITIONS = 6  # the default: what a deployment spreads operations over
 ASSIGNED = re.compile(r"assigned partitions \[([0-9, ]*)\]")
 
 
-@contextlib.contextmanager
 def remote_pdses(pdses: int, repos: int, records: int, delay_ms: int):
     """(plc url, [pds urls], [one DID per PDS]) served by a process of their own."""
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve", str(pdses), str(repos), str(records), str(delay_ms)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
-    try:
-        yield json.loads(proc.stdout.readline())
-    finally:
-        proc.stdin.close()
-        proc.wait(timeout=30)
+    return serving(__file__, "--serve", str(pdses), str(repos), str(records), str(delay_ms))
 
 
 def serve(pdses: int, repos: int, records: int, delay_ms: int) -> None:

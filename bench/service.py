@@ -58,19 +58,23 @@ def up(env: dict[str, str], log: Path):
 
 
 @contextlib.contextmanager
-def loopback_pds(records: int, repos: int):
-    """A FakePlc and FakePds in a process of their own, `records` in `repos` repos of
-    COLLECTION: {"plc": url, "pds": url, "dids": [...]}."""
+def serving(script: str, *args: str):
+    """Loopback servers run by `script` with `args` in a process of their own: what it prints
+    (one JSON line) once they are up. They stop when their stdin closes."""
     proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve-pds", str(records), str(repos)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
+        [sys.executable, script, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE
     )
     try:
         yield json.loads(proc.stdout.readline())
     finally:
         proc.stdin.close()
-        proc.wait(timeout=20)
+        proc.wait(timeout=30)
+
+
+def loopback_pds(records: int, repos: int):
+    """A FakePlc and FakePds in a process of their own, `records` in `repos` repos of
+    COLLECTION: {"plc": url, "pds": url, "dids": [...]}."""
+    return serving(__file__, "--serve-pds", str(records), str(repos))
 
 
 def serve_pds(records: int, repos: int) -> None:

@@ -21,6 +21,16 @@ def records(n: int, collection: str = "pub.chive.eprint.submission") -> dict[str
     return {f"{collection}/3k{i:010d}": {"$type": collection, "n": i} for i in range(n)}
 
 
+def signed_over(blocks: dict, commit: dict, node: bytes) -> car.Cid:
+    """A tampering: `node` becomes the tree's root under a commit signed again with the
+    account's key (so only the tree can be at fault); the new commit's CID."""
+    blocks[car.cid_for(node)] = node
+    unsigned = {**{k: v for k, v in commit.items() if k != "sig"}, "data": car.cid_for(node)}
+    signed = car.encode({**unsigned, "sig": KEY.sign(car.encode(unsigned))})
+    blocks[car.cid_for(signed)] = signed
+    return car.cid_for(signed)
+
+
 def test_a_repo_verifies_and_lists_every_record_in_key_order():
     recs = {**records(300), **records(5, "app.bsky.feed.post")}
     verified = repo.verify(repo_car.build_car(DID, recs, "3kaaaaaaaaaaa"), DID, KEY.public)
@@ -72,12 +82,8 @@ def test_a_tree_entry_that_holds_its_record_cid_as_bytes_not_a_link_is_refused()
         node = car.encode({"l": None, "e": entries}).replace(
             b"av\x40", b"av\x58\x24" + car.cid_for(record).raw
         )
-        blocks[car.cid_for(node)] = node
         blocks[car.cid_for(record)] = record
-        unsigned = {**{k: v for k, v in commit.items() if k != "sig"}, "data": car.cid_for(node)}
-        signed = car.encode({**unsigned, "sig": KEY.sign(car.encode(unsigned))})
-        blocks[car.cid_for(signed)] = signed
-        return car.cid_for(signed)
+        return signed_over(blocks, commit, node)
 
     data = repo_car.build_car(DID, records(1), "3kaaaaaaaaaaa", tamper=bytes_for_link)
     with pytest.raises(repo.RepoInvalid, match="tree link is malformed"):
@@ -116,12 +122,8 @@ def test_a_tree_with_keys_out_of_order_is_refused():
             {"p": 0, "k": b"pub.chive.eprint.submission/a", "v": car.cid_for(b"y"), "t": None},
         ]
         node = car.encode({"l": None, "e": entries})
-        blocks[car.cid_for(node)] = node
         blocks[car.cid_for(b"x")], blocks[car.cid_for(b"y")] = b"x", b"y"
-        unsigned = {**{k: v for k, v in commit.items() if k != "sig"}, "data": car.cid_for(node)}
-        signed = car.encode({**unsigned, "sig": KEY.sign(car.encode(unsigned))})
-        blocks[car.cid_for(signed)] = signed
-        return car.cid_for(signed)
+        return signed_over(blocks, commit, node)
 
     data = repo_car.build_car(DID, records(2), "3kaaaaaaaaaaa", tamper=swap_first_two)
     with pytest.raises(repo.RepoInvalid, match="not in order"):
