@@ -123,7 +123,8 @@ class CarReader:
             if start + length > end:
                 break  # the rest of this block is still on its way
             cid = Cid(view[start : start + 36])
-            _check_cid(cid)
+            if cid[:4] not in CID_PREFIXES:  # _check_cid, inline: once per block
+                raise CarError(_NOT_A_REPO_CID)
             block = bytes(view[start + 36 : start + length])
             if sha256(block).digest() != cid[4:]:
                 raise CarError("a block does not match its CID")
@@ -256,4 +257,7 @@ def _tag(*args: Any) -> Any:
 def _check_cid(raw: bytes) -> None:
     """Only what repositories use: CID v1, dag-cbor or raw, a sha2-256 digest."""
     if len(raw) != 36 or raw[:4] not in CID_PREFIXES:
-        raise CarError("only CID v1, dag-cbor or raw, sha2-256 are accepted")
+        raise CarError(_NOT_A_REPO_CID)
+
+
+_NOT_A_REPO_CID = "only CID v1, dag-cbor or raw, sha2-256 are accepted"

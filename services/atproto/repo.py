@@ -106,7 +106,7 @@ class RepoReader:
         roots = self._car.roots
         # A tree node is a map of "e" and "l"; canonical DAG-CBOR puts "e" first.
         if (
-            block[:3] == _NODE_START
+            block.startswith(_NODE_START)
             or (roots and cid == roots[0])
             or self._wanted_mark not in block
         ):
