@@ -152,7 +152,6 @@ class ProjectorsIndex:
     projector may not have created it yet."""
 
     def __init__(self, data_dir: Path, event_log: EventLog) -> None:
-        self._data_dir = data_dir
         self._log = event_log
         self._index = IndexPositions(data_dir)
 

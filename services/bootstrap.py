@@ -220,17 +220,18 @@ async def run_workers(
         fetcher = await stack.enter_async_context(outbound.Fetcher(fetch_policy(settings)))
         tasks: list[asyncio.Task] = []
         index: IndexAccess | None = None
-        if READS_INDEX & set(types) and projector_process:
+        reads_index = bool(READS_INDEX & set(types))
+        if reads_index and projector_process:
             projectors = ProjectorsIndex(settings.data_dir, event_log)
             stack.push_async_callback(projectors.close)
             index = projectors
-        elif READS_INDEX & set(types) and projector is not None:
+        elif reads_index and projector is not None:
             # Over a connection of its own, following fullReindex's switches.
             following = FollowingIndex(settings.data_dir)
             await following.open()
             stack.push_async_callback(following.close)
             index = FoldedHere(following, projector.runner)
-        elif READS_INDEX & set(types):
+        elif reads_index:
             # A worker process on its own keeps a replica of the index, folded here.
             replica = RecordIndex(settings.data_dir / "worker-records.db")
             await replica.open()

@@ -9,8 +9,8 @@ fold their records into the index in turn. Apart, the API answers from its own c
 busy the work is, and the projector folds one batch while the workers decode the next; the log
 (the SQLite file, or Kafka) is how they talk, as it is between any two replicas.
 
-It fails as one service does: when either process ends, the other is stopped and `up` exits
-non-zero with that process's reason as its last line. SIGINT or SIGTERM stop both, cleanly.
+It fails as one service does: when one process ends, the others are stopped and `up` exits
+non-zero with that process's reason as its last line. SIGINT or SIGTERM stop them all, cleanly.
 The children die with `up` even when it is killed outright (SIGKILL): each asks the kernel to
 kill it when its parent goes (PR_SET_PDEATHSIG), so nothing is left holding the port or the log.
 """

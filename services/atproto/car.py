@@ -19,7 +19,7 @@ import libipld
 DAG_CBOR = 0x71
 RAW = 0x55
 SHA2_256 = 0x12
-CID_PREFIXES = {bytes([1, DAG_CBOR, SHA2_256, 32]), bytes([1, RAW, SHA2_256, 32])}
+_CID_PREFIXES = {bytes([1, DAG_CBOR, SHA2_256, 32]), bytes([1, RAW, SHA2_256, 32])}
 
 
 class CarError(ValueError):
@@ -123,8 +123,7 @@ class CarReader:
             if start + length > end:
                 break  # the rest of this block is still on its way
             cid = Cid(view[start : start + 36])
-            if cid[:4] not in CID_PREFIXES:  # _check_cid, inline: once per block
-                raise CarError(_NOT_A_REPO_CID)
+            _check_cid(cid)
             block = bytes(view[start + 36 : start + length])
             if sha256(block).digest() != cid[4:]:
                 raise CarError("a block does not match its CID")
@@ -254,10 +253,11 @@ def _tag(*args: Any) -> Any:
     return cid
 
 
+def is_repo_cid(raw: Any) -> bool:
+    """Only what repositories use: CID v1, dag-cbor or raw, a sha2-256 digest (binary)."""
+    return isinstance(raw, bytes) and len(raw) == 36 and raw[:4] in _CID_PREFIXES
+
+
 def _check_cid(raw: bytes) -> None:
-    """Only what repositories use: CID v1, dag-cbor or raw, a sha2-256 digest."""
-    if len(raw) != 36 or raw[:4] not in CID_PREFIXES:
-        raise CarError(_NOT_A_REPO_CID)
-
-
-_NOT_A_REPO_CID = "only CID v1, dag-cbor or raw, sha2-256 are accepted"
+    if not is_repo_cid(raw):
+        raise CarError("only CID v1, dag-cbor or raw, sha2-256 are accepted")

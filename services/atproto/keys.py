@@ -113,16 +113,15 @@ class PublicKey:
         # libsecp256k1: a verification in ~70 us where OpenSSL's generic code for this curve
         # takes ~860 us here, and every admin call's token and every repo commit is checked
         # against a k256 key as a rule.
-        point = self.key.public_bytes(
+        return coincurve.PublicKey(self._compressed_point())
+
+    def _compressed_point(self) -> bytes:
+        return self.key.public_bytes(
             serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint
         )
-        return coincurve.PublicKey(point)
 
     def multibase(self) -> str:
-        point = self.key.public_bytes(
-            serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint
-        )
-        return "z" + b58encode(self.curve.prefix + point)
+        return "z" + b58encode(self.curve.prefix + self._compressed_point())
 
     def legacy_multibase(self) -> str:
         """The legacy document form: base58btc of the uncompressed point, no prefix."""

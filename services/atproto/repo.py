@@ -194,7 +194,7 @@ class _Walk:
 
     def node(self, cid: Any, low: str, high: str | None, depth: int) -> None:
         """The subtree at `cid`; `low`/`high`: the keys either side of it."""
-        if not isinstance(cid, bytes) or cid[:4] not in car.CID_PREFIXES or len(cid) != 36:
+        if not car.is_repo_cid(cid):
             raise RepoInvalid("a tree link is malformed")
         if depth > MAX_TREE_DEPTH:
             raise RepoInvalid("the tree is deeper than any real repository")
@@ -241,7 +241,7 @@ class _Walk:
             raise RepoInvalid("a tree link is malformed")
 
     def record(self, key: str, cid: Any) -> None:
-        if type(cid) is not bytes or cid[:4] not in car.CID_PREFIXES or len(cid) != 36:
+        if not car.is_repo_cid(cid):
             raise RepoInvalid("a tree entry has no record link")
         if key <= self.last:
             raise RepoInvalid("tree keys are not in order")
