@@ -96,8 +96,15 @@ async def one_run(bootstrap: str | None, source: dict, total: int, run: int) -> 
             client = Client(f"http://127.0.0.1:{port}", admin)
             try:
                 await until_up(client.http, log)
-                figures = await timed_run(client, source, total, data)
-                figures["fold_rate"] = await replay_rate(load(env), data)
+                figures = await timed_run(client, source, total)
+                index = FollowingIndex(data)
+                await index.open()
+                try:
+                    assert await index.live_count() >= total, "indexCurrent before the index was"
+                    upto = await index.positions()
+                finally:
+                    await index.close()
+                figures["fold_rate"] = await replay_rate(load(env), data, upto)
                 for batch in (100, 1000):
                     t0 = time.perf_counter()
                     op = await client.trigger(type="fullReindex", batchSize=batch)
@@ -110,7 +117,7 @@ async def one_run(bootstrap: str | None, source: dict, total: int, run: int) -> 
     return figures
 
 
-async def timed_run(client: Client, source: dict, total: int, data: Path) -> dict[str, float]:
+async def timed_run(client: Client, source: dict, total: int) -> dict[str, float]:
     t0 = time.perf_counter()
     response = await client.post(TRIGGER, {"type": "governanceSync"})
     trigger_ms = (time.perf_counter() - t0) * 1000
@@ -140,12 +147,6 @@ async def timed_run(client: Client, source: dict, total: int, data: Path) -> dic
     )
     elapsed = time.perf_counter() - t0
     lag_ms = (time.perf_counter() - completed) * 1000
-    index = FollowingIndex(data)
-    await index.open()
-    try:
-        assert await index.live_count() >= total, "indexCurrent before the index was"
-    finally:
-        await index.close()
     return {
         "trigger_ms": trigger_ms,
         "visible_ms": visible_ms,
@@ -154,15 +155,9 @@ async def timed_run(client: Client, source: dict, total: int, data: Path) -> dic
     }
 
 
-async def replay_rate(settings: Settings, data: Path) -> float:
-    """Events per second of the audit's replay folding the records topic, as far as the
-    service's index has, into a fresh index."""
-    index = FollowingIndex(data)
-    await index.open()
-    try:
-        upto = await index.positions()
-    finally:
-        await index.close()
+async def replay_rate(settings: Settings, data: Path, upto: dict[int, int]) -> float:
+    """Events per second of the audit's replay folding the records topic up to `upto` (as far
+    as the service's index has) into a fresh index."""
     async with bootstrap_log(settings) as event_log:
         fresh = RecordIndex(data.parent / "replay.db")
         await fresh.open()

@@ -23,13 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.service import finished, loopback_pds, trigger, until_up, up
+from bench.service import loopback_pds, until_up, up
 from testkit.broker import free_port, kafka_broker
-from testkit.harness import Admin, service_env
+from testkit.harness import Admin, Client, service_env
 
 
 def children(pid: int) -> list[int]:
@@ -64,17 +62,20 @@ async def one(records: int, repo_records: int, kafka: str | None) -> dict:
         env = service_env(Path(tmp) / "data", port, source["plc"], admin, kafka, namespace)
         log = Path(tmp) / "up.log"
         with up(env, log) as service:
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
-                await until_up(http, log)
+            client = Client(f"http://127.0.0.1:{port}", admin)
+            try:
+                await until_up(client.http, log)
                 work = role_process(service.pid, b"workers")
                 projector = role_process(service.pid, b"projector")
                 idle_kib = status_kib(work, "VmRSS")
                 t0 = time.perf_counter()
-                op = await trigger(http, admin, {"type": "pdsScan", "pdsUrl": source["pds"]})
-                done = await finished(http, admin, op["id"])
+                op = await client.trigger(type="pdsScan", pdsUrl=source["pds"])
+                done = await client.wait_finished(op["id"], timeout=600)
                 elapsed = time.perf_counter() - t0
                 peak_kib = status_kib(work, "VmHWM")
                 projector_kib = status_kib(projector, "VmHWM")
+            finally:
+                await client.close()
     assert done["status"] == "completed" and done["recordsProcessed"] == records, done
     return {
         "records": records,

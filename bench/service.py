@@ -21,7 +21,6 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from testkit.harness import Admin
 
 TRIGGER = "pub.chive.admin.triggerBackfill"
 STATUS = "pub.chive.admin.getBackfillStatus"
@@ -111,30 +110,6 @@ async def until_up(http: httpx.AsyncClient, log: Path | None = None) -> None:
 
 def _tail(log: Path | None) -> str:
     return log.read_text()[-3000:] if log and log.exists() else ""
-
-
-async def trigger(http: httpx.AsyncClient, admin: Admin, body: dict) -> dict:
-    r = await http.post(f"/xrpc/{TRIGGER}", json=body, headers=bearer(admin.token(TRIGGER)))
-    assert r.status_code == 200, r.text
-    return r.json()["operation"]
-
-
-async def status(http: httpx.AsyncClient, admin: Admin, op_id: str) -> dict:
-    r = await http.get(f"/xrpc/{STATUS}", params={"id": op_id}, headers=bearer(admin.token(STATUS)))
-    return r.json()["operation"]
-
-
-async def finished(
-    http: httpx.AsyncClient, admin: Admin, op_id: str, interval_s: float = 0.2
-) -> dict:
-    """The operation once it no longer runs (RuntimeError after 600 s)."""
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        op = await status(http, admin, op_id)
-        if op["status"] != "running":
-            return op
-        await asyncio.sleep(interval_s)
-    raise RuntimeError(f"operation {op_id} did not finish within 600 s")
 
 
 if __name__ == "__main__":

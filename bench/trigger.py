@@ -31,8 +31,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.light_http import LightClient, Response
@@ -40,17 +38,14 @@ from bench.service import (
     STATUS,
     TRIGGER,
     bearer,
-    finished,
     loopback_pds,
     percentiles,
     process,
-    status,
-    trigger,
     until_up,
     up,
 )
 from testkit.broker import free_port, kafka_broker, wait_for_port
-from testkit.harness import Admin, service_env
+from testkit.harness import Admin, Client, service_env
 
 CLIENTS = 32
 
@@ -110,11 +105,10 @@ async def service(kind: str, n: int, scan_records: int, kafka: str | None) -> di
         namespace = f"trig{time.time_ns()}"
         env = service_env(Path(tmp) / "data", port, source["plc"], admin, kafka, namespace)
         with up(env, log):
-            limits = httpx.Limits(max_connections=CLIENTS)
-            async with httpx.AsyncClient(
-                base_url=f"http://127.0.0.1:{port}", limits=limits, timeout=30
-            ) as http:
-                await until_up(http, log)
+            # Untimed calls (start a scan, look at it) through the tests' client.
+            client = Client(f"http://127.0.0.1:{port}", admin)
+            try:
+                await until_up(client.http, log)
                 tokens = {
                     lxm: [admin.token(lxm, ttl_s=1800) for _ in range(n * 6)]
                     for lxm in (TRIGGER, STATUS)
@@ -166,14 +160,16 @@ async def service(kind: str, n: int, scan_records: int, kafka: str | None) -> di
                 while len(during) < n:
                     op = scans[-1] if scans else None
                     if op is not None:
-                        op = await status(http, admin, op["id"])
+                        op = await client.status(op["id"])
                         scans[-1] = op
                     if op is None or op["status"] != "running":
-                        scans.append(await trigger(http, admin, {"type": "pdsScan", "pdsUrl": pds}))
+                        scans.append(await client.trigger(type="pdsScan", pdsUrl=pds))
                         continue
                     during += await timed([trigger_call() for _ in range(20)])
-                finals = [await finished(http, admin, op["id"]) for op in scans]
+                finals = [await client.wait_finished(op["id"], timeout=600) for op in scans]
                 await light.aclose()
+            finally:
+                await client.close()
     return {
         "log": kind,
         "sequential": percentiles(sequential),
