@@ -88,20 +88,30 @@ class PublicKey:
     key: ec.EllipticCurvePublicKey
 
     def verify(self, signature: bytes, message: bytes) -> bool:
-        if len(signature) != 64:
-            return False
-        r = int.from_bytes(signature[:32], "big")
-        s = int.from_bytes(signature[32:], "big")
-        # High-S signatures are malleable copies; the reference verifier refuses them too.
-        if not (0 < r < self.curve.order and 0 < s <= self.curve.order // 2):
-            return False
-        if self.curve is K256:
+        if self.curve is K256 and self.low_s(signature):
             try:
                 return self._secp256k1.verify(
                     cdata_to_der(deserialize_compact(signature)), message, hasher=_sha256
                 )
             except ValueError:
                 return False
+        return self.verify_with_openssl(signature, message)
+
+    def low_s(self, signature: bytes) -> bool:
+        """A compact r||s in range, low-S: high-S signatures are malleable copies; the
+        reference verifier refuses them too."""
+        if len(signature) != 64:
+            return False
+        r = int.from_bytes(signature[:32], "big")
+        s = int.from_bytes(signature[32:], "big")
+        return 0 < r < self.curve.order and 0 < s <= self.curve.order // 2
+
+    def verify_with_openssl(self, signature: bytes, message: bytes) -> bool:
+        """The OpenSSL path: every curve but k256, and the reference k256 is tested against."""
+        if not self.low_s(signature):
+            return False
+        r = int.from_bytes(signature[:32], "big")
+        s = int.from_bytes(signature[32:], "big")
         try:
             self.key.verify(encode_dss_signature(r, s), message, ec.ECDSA(hashes.SHA256()))
         except InvalidSignature:
