@@ -21,7 +21,10 @@ from projections import tracking
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
 
 
-class Operation(msgspec.Struct, kw_only=True):
+# gc=False: an operation holds plain data (its dicts and lists hold JSON values, never an
+# operation), so it can be in no reference cycle; untracked, the fold's new state per event
+# costs the collector nothing.
+class Operation(msgspec.Struct, kw_only=True, gc=False):
     id: str
     type: str
     status: str
@@ -68,70 +71,65 @@ def fold(state: Operation | None, event: model.OperationEvent) -> Operation | No
         )
     if state is None or state.status in TERMINAL:
         return state
+    # A shallow copy the fold owns, its changed fields set in place: the same new state as
+    # msgspec.structs.replace, without building keyword arguments per event (a replay folds
+    # every progress event of every operation).
+    new = state.__copy__()
+    if event.occurred_at > state.updated_at:
+        new.updated_at = event.occurred_at
     step = _STEPS.get(type(event))
-    changes = step(state, event) if step is not None else {}
-    updated = event.occurred_at if event.occurred_at > state.updated_at else state.updated_at
-    return msgspec.structs.replace(state, updated_at=updated, **changes)
+    if step is not None:
+        step(new, event)
+    return new
 
 
-# What each event changes of a running operation (one lookup by type: the fold runs once per
-# event of every replay).
-def _started(state: Operation, event: model.BackfillStarted) -> dict[str, Any]:
-    return {"attempts": max(state.attempts, event.attempt)}
+# What each event changes of a running operation: `new` is the fold's fresh copy of the state.
+def _started(new: Operation, event: model.BackfillStarted) -> None:
+    if event.attempt > new.attempts:
+        new.attempts = event.attempt
 
 
-def _progressed(state: Operation, event: model.BackfillProgressed) -> dict[str, Any]:
-    changes: dict[str, Any] = {
-        "records_processed": max(state.records_processed, event.records_processed)
-    }
+def _progressed(new: Operation, event: model.BackfillProgressed) -> None:
+    if event.records_processed > new.records_processed:
+        new.records_processed = event.records_processed
     if event.total_records is not None:
-        changes["total_records"] = event.total_records
+        new.total_records = event.total_records
     if event.checkpoint is not None:
-        changes["checkpoint"] = event.checkpoint
-    return changes
+        new.checkpoint = event.checkpoint
 
 
-def _completed(state: Operation, event: model.BackfillCompleted) -> dict[str, Any]:
-    changes: dict[str, Any] = {
-        "status": "completed",
-        "records_processed": event.records_processed,
-        "completed_at": event.occurred_at,
-        "sources": list(event.sources),
-        "records_skipped": event.records_skipped,
-        "skip_reasons": dict(event.skip_reasons),
-        "records_deleted": event.records_deleted,
-        "records_through": event.records_through,
-    }
+def _completed(new: Operation, event: model.BackfillCompleted) -> None:
+    new.status = "completed"
+    new.records_processed = event.records_processed
+    new.completed_at = event.occurred_at
+    new.sources = list(event.sources)
+    new.records_skipped = event.records_skipped
+    new.skip_reasons = dict(event.skip_reasons)
+    new.records_deleted = event.records_deleted
+    new.records_through = event.records_through
     if event.total_records is not None:
-        changes["total_records"] = event.total_records
-    return changes
+        new.total_records = event.total_records
 
 
-def _failed(state: Operation, event: model.BackfillFailed) -> dict[str, Any]:
-    changes: dict[str, Any] = {
-        "status": "failed",
-        "error": event.error,
-        "completed_at": event.occurred_at,
-        "records_through": event.records_through,
-    }
-    if event.records_processed is not None:
-        changes["records_processed"] = max(state.records_processed, event.records_processed)
-    return changes
+def _failed(new: Operation, event: model.BackfillFailed) -> None:
+    new.status = "failed"
+    new.error = event.error
+    new.completed_at = event.occurred_at
+    new.records_through = event.records_through
+    if event.records_processed is not None and event.records_processed > new.records_processed:
+        new.records_processed = event.records_processed
 
 
-def _cancel_requested(state: Operation, event: model.BackfillCancelRequested) -> dict[str, Any]:
-    return {"cancel_requested": True}
+def _cancel_requested(new: Operation, event: model.BackfillCancelRequested) -> None:
+    new.cancel_requested = True
 
 
-def _cancelled(state: Operation, event: model.BackfillCancelled) -> dict[str, Any]:
-    changes: dict[str, Any] = {
-        "status": "cancelled",
-        "completed_at": event.occurred_at,
-        "records_through": event.records_through,
-    }
-    if event.records_processed is not None:
-        changes["records_processed"] = max(state.records_processed, event.records_processed)
-    return changes
+def _cancelled(new: Operation, event: model.BackfillCancelled) -> None:
+    new.status = "cancelled"
+    new.completed_at = event.occurred_at
+    new.records_through = event.records_through
+    if event.records_processed is not None and event.records_processed > new.records_processed:
+        new.records_processed = event.records_processed
 
 
 _STEPS: dict[type, Any] = {

@@ -121,6 +121,30 @@ def test_same_events_same_state_every_time():
     assert results[0].attempts == 2 and results[0].error == "boom"
 
 
+def test_folding_leaves_the_state_it_was_given_as_it_was():
+    # Readers keep earlier states (a view's snapshot, the state before a redelivery): the
+    # fold returns a new state and never changes one it was handed.
+    events = [
+        ev(model.BackfillStarted, 1100, worker="w", attempt=1),
+        ev(model.BackfillProgressed, 1200, records_processed=10, checkpoint={"c": 1}),
+        ev(model.BackfillCancelRequested, 1250, requested_by="did:key:zA"),
+        ev(model.BackfillCompleted, 1300, records_processed=12, sources=["https://pds"]),
+    ]
+    state = run([requested()])
+    for event in events:
+        before = msgspec.json.encode(state)
+        new = fold(state, event)
+        assert new is not state
+        assert msgspec.json.encode(state) == before
+        state = new
+    assert (state.status, state.records_processed, state.cancel_requested, state.updated_at) == (
+        "completed",
+        12,
+        True,
+        1300,
+    )
+
+
 def test_event_encoding_round_trips_with_headers():
     e = ev(model.BackfillProgressed, 7, records_processed=1, checkpoint={"x": [1, 2]})
     assert model.decode(model.encode(e)) == e
