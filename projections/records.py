@@ -48,6 +48,7 @@ class IndexedRecord(msgspec.Struct):
 class RecordIndex(tracking.TrackedStore):
     topic = model.RECORDS_TOPIC
     schema = record_fold.SCHEMA
+    scratch_schema = record_fold.AUDIT_SCHEMA
 
     async def _current(self) -> aiosqlite.Connection:
         """The connection queries use (a reader that follows the pointer may move first)."""

@@ -86,6 +86,8 @@ class TrackedStore:
 
     topic: str
     schema: str
+    # What a scratch copy (an audit's replay) creates instead of `schema`: None, the same.
+    scratch_schema: str | None = None
 
     def __init__(self, path: Path, scratch: bool = False) -> None:
         self.path = path
@@ -93,7 +95,8 @@ class TrackedStore:
         self._conn: aiosqlite.Connection | None = None
 
     async def open(self) -> None:
-        self._conn = await connect(self.path, self.schema, scratch=self.scratch)
+        schema = (self.scratch_schema if self.scratch else None) or self.schema
+        self._conn = await connect(self.path, schema, scratch=self.scratch)
 
     async def close(self) -> None:
         if self._conn is not None:

@@ -506,7 +506,9 @@ def test_a_finished_operation_says_whether_the_index_holds_its_records():
 
 
 async def test_two_indexes_are_compared_table_by_table_inside_sqlite(tmp_path):
-    """What an audit reports: every row key whose rows differ, in any table, either way."""
+    """What an audit reports: every row key whose rows differ, in any table, either way. The
+    replayed copy is an audit's scratch copy: its full-text rows sit in a plain table (no
+    inverted index to build) and compare equal to the live index's FTS5 rows."""
     import sqlite3
 
     def submission(rkey: str, title: str) -> model.RecordUpserted:
@@ -515,11 +517,20 @@ async def test_two_indexes_are_compared_table_by_table_inside_sqlite(tmp_path):
         return msgspec.structs.replace(event, value=msgspec.Raw(value))
 
     events = [submission("1", "On lichens of granite"), submission("2", "On mosses of bogs")]
-    live, replayed = RecordIndex(tmp_path / "live.db"), RecordIndex(tmp_path / "replayed.db")
+    live = RecordIndex(tmp_path / "live.db")
+    replayed = RecordIndex(tmp_path / "replayed.db", scratch=True)
     for index in (live, replayed):
         await index.open()
         await index.apply(events, {0: 2})
     try:
+        kinds = []
+        for path in (live.path, replayed.path):
+            with sqlite3.connect(path) as db:
+                (sql,) = db.execute(
+                    "SELECT sql FROM sqlite_master WHERE name = 'eprint_text'"
+                ).fetchone()
+                kinds.append("fts5" in sql)
+        assert kinds == [True, False]
         assert await live.differences(replayed.path) == []
         with sqlite3.connect(live.path) as db:
             db.execute("UPDATE eprint_text SET title = 'On ferns' WHERE uri LIKE '%/1'")
