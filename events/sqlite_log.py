@@ -112,13 +112,22 @@ class SqliteEventLog(LocalLog):
             raise LogUnavailable("event log is closed")
         ts = int(time.time() * 1000)
         partitions = self.partitions
-        entries = list(entries)
+        # Everything but the offsets is worked out here, before the write lock is taken: the
+        # other process's appends wait while it is held.
+        prepared = [
+            (
+                partition_for(entry.key, partitions),
+                entry.key,
+                _encode_headers(entry.headers).decode(),
+                entry.value,
+            )
+            for entry in entries
+        ]
 
         def append(conn: sqlite3.Connection) -> list[Position]:
             next_offsets: dict[int, int] = {}
             rows, positions = [], []
-            for entry in entries:
-                p = partition_for(entry.key, partitions)
+            for p, key, headers, value in prepared:
                 if p not in next_offsets:
                     (next_offsets[p],) = conn.execute(
                         "SELECT COALESCE(MAX(offset) + 1, 0) FROM records "
@@ -127,17 +136,7 @@ class SqliteEventLog(LocalLog):
                     ).fetchone()
                 offset = next_offsets[p]
                 next_offsets[p] = offset + 1
-                rows.append(
-                    (
-                        topic,
-                        p,
-                        offset,
-                        entry.key,
-                        _encode_headers(entry.headers).decode(),
-                        entry.value,
-                        ts,
-                    )
-                )
+                rows.append((topic, p, offset, key, headers, value, ts))
                 positions.append(Position(p, offset))
             conn.executemany(
                 "INSERT INTO records (topic, partition, offset, key, headers, value, ts) "
@@ -146,7 +145,7 @@ class SqliteEventLog(LocalLog):
             )
             return positions
 
-        positions = await self._writer.write(append, rows=len(entries))
+        positions = await self._writer.write(append, rows=len(prepared))
         # This process's readers see its appends at once, without asking the file.
         for position in positions:
             self._saw(topic, position.partition, position.offset + 1)

@@ -88,3 +88,31 @@ async def test_a_group_stops_growing_at_its_row_budget(writer):
     await asyncio.gather(*(writer.write(insert(n), rows=400) for n in range(5)))
     assert writer.transactions - before == 3
     assert rows(writer) == list(range(5))
+
+
+async def test_a_transaction_leaves_the_writes_it_has_no_time_for_to_the_next(writer, monkeypatch):
+    # With no time to hold the lock at all, each transaction takes one write of the group and
+    # puts the rest back, in order, at the head of the queue: every write still commits, in
+    # the order it came, each answered with its own result.
+    import events.sqlite_writer as sqlite_writer
+
+    ran: list[int] = []
+
+    def noted(n: int):
+        def write(conn: sqlite3.Connection) -> int:
+            ran.append(n)
+            return insert(n)(conn)
+
+        return write
+
+    monkeypatch.setattr(sqlite_writer, "HOLD_S", 0.0)
+    before = writer.transactions
+    results = await asyncio.gather(*(writer.write(noted(n)) for n in range(6)))
+    assert results == list(range(6)) and ran == list(range(6))
+    assert writer.transactions - before == 6
+    assert rows(writer) == list(range(6))
+    # With time enough, the same writes share one transaction.
+    monkeypatch.setattr(sqlite_writer, "HOLD_S", 60.0)
+    before = writer.transactions
+    await asyncio.gather(*(writer.write(noted(n)) for n in range(6, 12)))
+    assert writer.transactions - before == 1
