@@ -130,19 +130,21 @@ class TrackedStore:
         return await conn._execute(work, conn._conn)
 
     async def commit_in_one_hop(
-        self, positions: dict[int, int], write: Callable[[sqlite3.Connection], None]
-    ) -> None:
-        """`write(connection)` and `positions` in one transaction, in one hop (see `run`)."""
+        self, positions: dict[int, int], write: Callable[[sqlite3.Connection], T]
+    ) -> T:
+        """`write(connection)` and `positions` in one transaction, in one hop (see `run`);
+        what `write` returned, once committed."""
         topic = self.topic
 
-        def transaction(conn: sqlite3.Connection) -> None:
+        def transaction(conn: sqlite3.Connection) -> T:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                write(conn)
+                result = write(conn)
                 conn.executemany(_SAVE, [(topic, p, o) for p, o in positions.items()])
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
+            return result
 
-        await self.run(transaction)
+        return await self.run(transaction)

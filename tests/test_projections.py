@@ -317,14 +317,27 @@ async def test_a_colocated_duplicate_request_names_the_running_operation(tmp_pat
         batches = [[e] for e in events] if run == "live" else [events]
         for batch in batches:
             await store.apply(batch, {})
+        await store.apply([], {0: 6})
     for store in stores:
         assert sorted(o.id for o in await store.all()) == ["a", "c", "legacy"]
         assert (await store.get("b")).id == "a"
         assert (await store.get("d")).id == "c"
         assert (await store.get("a")).status == "completed"
-        assert (await store.find_running("same")).id in ("c", "legacy")
         assert await store.aliases() == {"b": "a", "d": "c"}
+        # What a trigger asks (from memory): the newest running operation of the key, and
+        # the positions folded; the same once the store is opened afresh from its file.
+        running, folded = await store.running_as_of("same")
+        assert (running.id, folded) == ("c", {0: 6})
+        assert (await store.find_running("same")).id == "c"
+        assert await store.running_as_of("other") == (None, {0: 6})
         await store.close()
+        reopened = OperationsStore(store.path)
+        await reopened.open()
+        running, folded = await reopened.running_as_of("same")
+        assert (running.id, running.status, folded) == ("c", "running", {0: 6})
+        await reopened.apply([done("c", 7), done("legacy", 8)], {0: 8})
+        assert await reopened.running_as_of("same") == (None, {0: 8})
+        await reopened.close()
 
 
 def test_a_batch_folds_in_runs_of_one_statement_in_log_order():
