@@ -252,7 +252,7 @@ def _unchecked_car(data: bytes) -> tuple[list, dict]:
     pos += length
     while pos < len(view):
         length, pos = car._frame(view, pos)
-        blocks[car.Cid(view[pos : pos + 36])] = bytes(view[pos + 36 : pos + length])
+        blocks[bytes(view[pos : pos + 36])] = bytes(view[pos + 36 : pos + length])
         pos += length
     return roots, blocks
 

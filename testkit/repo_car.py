@@ -72,7 +72,7 @@ def write_car(roots: list[Cid], blocks: Blocks) -> bytes:
     header = car.encode({"version": 1, "roots": roots})
     out = bytearray(_varint(len(header)) + header)
     for cid, block in blocks.items():
-        out += _varint(36 + len(block)) + cid.raw + block
+        out += _varint(36 + len(block)) + bytes(cid) + block
     return bytes(out)
 
 

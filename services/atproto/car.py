@@ -19,7 +19,8 @@ import libipld
 DAG_CBOR = 0x71
 RAW = 0x55
 SHA2_256 = 0x12
-_CID_PREFIXES = {bytes([1, DAG_CBOR, SHA2_256, 32]), bytes([1, RAW, SHA2_256, 32])}
+# The first four bytes of every CID a repository may hold (see is_repo_cid).
+REPO_CID_PREFIXES = frozenset({bytes([1, DAG_CBOR, SHA2_256, 32]), bytes([1, RAW, SHA2_256, 32])})
 
 
 class CarError(ValueError):
@@ -70,10 +71,10 @@ def parse_cid(text: str) -> Cid:
 class CarReader:
     """A CAR read as its bytes arrive: `feed` them in pieces of any size; each whole block is
     checked against its CID and handed to `on_block` at once (so decoding overlaps the
-    download); `close` when the bytes end. The header (and so `roots`) comes before any
-    block."""
+    download), its CID as bytes; `close` when the bytes end. The header (and so `roots`)
+    comes before any block."""
 
-    def __init__(self, on_block: Callable[[Cid, bytes], None]) -> None:
+    def __init__(self, on_block: Callable[[bytes, bytes], None]) -> None:
         self.roots: list[Cid] | None = None
         self._on_block = on_block
         self._buffer = bytearray()
@@ -120,15 +121,19 @@ class CarReader:
                 length, start = framed
             if length < 36:
                 raise CarError("truncated CAR block")
-            if start + length > end:
+            stop = start + length
+            if stop > end:
                 break  # the rest of this block is still on its way
-            cid = Cid(view[start : start + 36])
-            _check_cid(cid)
-            block = bytes(view[start + 36 : start + length])
+            # The CID as plain bytes: a Cid hashes and compares as its bytes, and making the
+            # subclass for every block cost more than checking it.
+            cid = bytes(view[start : start + 36])
+            if cid[:4] not in REPO_CID_PREFIXES:
+                raise CarError("only CID v1, dag-cbor or raw, sha2-256 are accepted")
+            block = bytes(view[start + 36 : stop])
             if sha256(block).digest() != cid[4:]:
                 raise CarError("a block does not match its CID")
             on_block(cid, block)
-            pos = start + length
+            pos = stop
         return pos
 
 
@@ -255,7 +260,7 @@ def _tag(*args: Any) -> Any:
 
 def is_repo_cid(raw: Any) -> bool:
     """Only what repositories use: CID v1, dag-cbor or raw, a sha2-256 digest (binary)."""
-    return isinstance(raw, bytes) and len(raw) == 36 and raw[:4] in _CID_PREFIXES
+    return isinstance(raw, bytes) and len(raw) == 36 and raw[:4] in REPO_CID_PREFIXES
 
 
 def _check_cid(raw: bytes) -> None:

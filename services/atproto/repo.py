@@ -23,6 +23,7 @@ from services.atproto.car import CarError, Cid
 from services.atproto.keys import PublicKey
 
 MAX_TREE_DEPTH = 128
+_REPO_CIDS = car.REPO_CID_PREFIXES
 
 
 class RepoInvalid(ValueError):
@@ -33,11 +34,11 @@ class RepoInvalid(ValueError):
 NOT_A_MAP = b""
 
 
-@dataclass(slots=True)
-class Entry:
+# A Struct, untracked by the collector (strings and bytes only): one is made per record.
+class Entry(msgspec.Struct, gc=False):
     collection: str
     rkey: str
-    cid: Cid
+    cid: bytes  # binary (car.Cid is its bytes)
     cid_text: str
     # The record in its JSON form; None when the CAR does not hold it (a diff: unchanged since
     # `since`), NOT_A_MAP when its block is not a record.
@@ -142,14 +143,14 @@ def record_json(block: bytes) -> Any:
 def _json_of(block: bytes) -> bytes:
     """A record's JSON form; NOT_A_MAP when the block is not a DAG-CBOR map."""
     try:
-        if car.LINK_TAG in block:
+        value = car.decode_plain(block)
+        if type(value) is not dict:
+            return NOT_A_MAP
+        if car.to_json(value) is not value:
+            # A byte string somewhere (to_json changed something): a link or bytes, which
+            # the fast decoder returns alike. Decoded again, exactly. Most records hold
+            # neither, and come back as they are, at no extra cost.
             value = record_json(block)
-        else:
-            # No link in it (most records): the faster decoder's bytes are all byte strings.
-            value = car.decode_plain(block)
-            if type(value) is not dict:
-                return NOT_A_MAP
-            value = car.to_json(value)
         return msgspec.json.encode(value)
     except (RepoInvalid, CarError):
         return NOT_A_MAP
@@ -220,10 +221,14 @@ class _Walk:
         for entry in node["e"]:
             if type(entry) is not dict:
                 raise RepoInvalid("a tree entry is malformed")
-            prefix, suffix = entry.get("p"), entry.get("k")
+            prefix, suffix, value, right = (
+                entry.get("p"),
+                entry.get("k"),
+                entry.get("v"),
+                entry.get("t"),
+            )
             if type(prefix) is not int or type(suffix) is not bytes:
                 raise RepoInvalid("a tree entry is malformed")
-            links += 1 if entry.get("t") is None else 2
             if not 0 <= prefix <= len(previous):
                 raise RepoInvalid("a tree entry's prefix is longer than the key before it")
             previous = previous[:prefix] + suffix
@@ -233,33 +238,34 @@ class _Walk:
                 raise RepoInvalid("a tree key is not ASCII") from None
             if subtree is not None:
                 self.node(subtree, before, key, depth + 1)
-            self.record(key, entry.get("v"))
-            subtree, before = entry.get("t"), key
+            # The entry's record (inline: this runs once per record of every repository).
+            if type(value) is not bytes or len(value) != 36 or value[:4] not in _REPO_CIDS:
+                raise RepoInvalid("a tree entry has no record link")
+            links += 1 if right is None else 2
+            if key <= self.last:
+                raise RepoInvalid("tree keys are not in order")
+            self.last = key
+            collection, _, rkey = key.partition("/")
+            if not collection or not rkey or "/" in rkey:
+                raise RepoInvalid("a tree key is not collection/rkey")
+            if collection.startswith(self.wanted):
+                read = self.values.get(value)
+                if read is None:
+                    read = self._unread(value)
+                self.entries.append(Entry(collection, rkey, value, read[0], read[1]))
+            elif not self.partial and value not in self.values and value not in self.blocks:
+                raise RepoInvalid("a record is missing from the CAR")
+            subtree, before = right, key
         if subtree is not None:
             self.node(subtree, before, high, depth + 1)
         if block.count(car.LINK_START) != links:
             raise RepoInvalid("a tree link is malformed")
 
-    def record(self, key: str, cid: Any) -> None:
-        if not car.is_repo_cid(cid):
-            raise RepoInvalid("a tree entry has no record link")
-        if key <= self.last:
-            raise RepoInvalid("tree keys are not in order")
-        self.last = key
-        collection, _, rkey = key.partition("/")
-        if not collection or not rkey or "/" in rkey:
-            raise RepoInvalid("a tree key is not collection/rkey")
-        if not collection.startswith(self.wanted):
-            if not self.partial and cid not in self.values and cid not in self.blocks:
-                raise RepoInvalid("a record is missing from the CAR")
-            return
-        read = self.values.get(cid)
-        if read is None:
-            block = self.blocks.get(cid)
-            if block is not None:  # left undecoded as it came (see RepoReader)
-                read = (car.cid_text(cid), _json_of(block))
-            elif not self.partial:
-                raise RepoInvalid("a record is missing from the CAR")
-            else:
-                read = (car.cid_text(cid), None)
-        self.entries.append(Entry(collection, rkey, Cid(cid), read[0], read[1]))
+    def _unread(self, cid: bytes) -> tuple[str, bytes | None]:
+        """A wanted record whose block was not decoded as it came (see RepoReader)."""
+        block = self.blocks.get(cid)
+        if block is not None:
+            return car.cid_text(cid), _json_of(block)
+        if not self.partial:
+            raise RepoInvalid("a record is missing from the CAR")
+        return car.cid_text(cid), None
