@@ -205,11 +205,13 @@ def _apply(conn: sqlite3.Connection, events: list[model.OperationEvent]) -> list
         cur = conn.execute(
             "INSERT OR IGNORE INTO applied_events (event_id) VALUES (?)", (event.event_id,)
         )
-        if cur.rowcount == 0:
-            continue
         op_id = event.operation_id
         if op_id not in cache:
             cache[op_id] = _load(conn, op_id)
+        if cur.rowcount == 0:
+            # Folded before (a redelivery, or another process folding into this file): the
+            # operation is listed as the table has it.
+            continue
         if cache[op_id] is None and isinstance(event, model.BackfillRequested):
             original = duplicate_of(event, _running(conn, event.dedupe_key))
             if original is not None:
