@@ -19,8 +19,7 @@ import libipld
 DAG_CBOR = 0x71
 RAW = 0x55
 SHA2_256 = 0x12
-# The first four bytes of every CID a repository may hold (see is_repo_cid).
-REPO_CID_PREFIXES = frozenset({bytes([1, DAG_CBOR, SHA2_256, 32]), bytes([1, RAW, SHA2_256, 32])})
+_CID_PREFIXES = {bytes([1, DAG_CBOR, SHA2_256, 32]), bytes([1, RAW, SHA2_256, 32])}
 
 
 class CarError(ValueError):
@@ -127,8 +126,7 @@ class CarReader:
             # The CID as plain bytes: a Cid hashes and compares as its bytes, and making the
             # subclass for every block cost more than checking it.
             cid = bytes(view[start : start + 36])
-            if cid[:4] not in REPO_CID_PREFIXES:
-                raise CarError("only CID v1, dag-cbor or raw, sha2-256 are accepted")
+            _check_cid(cid)
             block = bytes(view[start + 36 : stop])
             if sha256(block).digest() != cid[4:]:
                 raise CarError("a block does not match its CID")
@@ -260,7 +258,7 @@ def _tag(*args: Any) -> Any:
 
 def is_repo_cid(raw: Any) -> bool:
     """Only what repositories use: CID v1, dag-cbor or raw, a sha2-256 digest (binary)."""
-    return isinstance(raw, bytes) and len(raw) == 36 and raw[:4] in REPO_CID_PREFIXES
+    return isinstance(raw, bytes) and len(raw) == 36 and raw[:4] in _CID_PREFIXES
 
 
 def _check_cid(raw: bytes) -> None:

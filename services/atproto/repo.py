@@ -23,7 +23,6 @@ from services.atproto.car import CarError, Cid
 from services.atproto.keys import PublicKey
 
 MAX_TREE_DEPTH = 128
-_REPO_CIDS = car.REPO_CID_PREFIXES
 
 
 class RepoInvalid(ValueError):
@@ -239,7 +238,7 @@ class _Walk:
             if subtree is not None:
                 self.node(subtree, before, key, depth + 1)
             # The entry's record (inline: this runs once per record of every repository).
-            if type(value) is not bytes or len(value) != 36 or value[:4] not in _REPO_CIDS:
+            if not car.is_repo_cid(value):
                 raise RepoInvalid("a tree entry has no record link")
             links += 1 if right is None else 2
             if key <= self.last:
