@@ -38,8 +38,12 @@ def percentiles(samples: list[float]) -> dict[str, float]:
 def process(args: list[str], env: dict[str, str] | None = None, log: Path | None = None):
     out = open(log, "ab") if log else subprocess.DEVNULL
     proc = subprocess.Popen(args, env={**os.environ, **(env or {})}, stdout=out, stderr=out)
+    failed = False
     try:
         yield proc
+    except BaseException:
+        failed = True
+        raise
     finally:
         proc.terminate()
         try:
@@ -49,6 +53,10 @@ def process(args: list[str], env: dict[str, str] | None = None, log: Path | None
             proc.wait()
         if log:
             out.close()
+            if failed:  # what the service said, before its temporary directory goes
+                errors = [line for line in log.read_text().splitlines() if "ERROR" in line]
+                said = "\n".join(errors[-12:]) or _tail(log)
+                print(f"--- {log.name} said:\n{said}", file=sys.stderr)
 
 
 def up(env: dict[str, str], log: Path):

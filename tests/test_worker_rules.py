@@ -228,3 +228,32 @@ async def test_outcomes_wait_out_a_log_outage(log):
         log.unavailable = False
         done = await outcome_of(log, op_id)
     assert isinstance(done, model.BackfillCompleted) and done.records_processed == 7
+
+
+async def test_a_revocation_racing_the_consumers_stop_drops_each_operation_once(log):
+    # Kafka revokes partitions (a missed heartbeat on a busy machine) while the worker's loop
+    # drops them too: both stop the same running operation. Its cancellation takes a while
+    # (a handler closing what it holds); neither drop may fail for the other's (a KeyError
+    # there failed the revocation and then the whole worker process).
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def handler(ctx: WorkContext) -> Outcome:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await release.wait()
+            raise
+        raise AssertionError("never reached")
+
+    async with worker(log, handler) as service:
+        op_id = await request(log)
+        await eventually(started.is_set, timeout=5, what="the operation to start")
+        partition = log.partition_of(op_id)
+        revoked = asyncio.create_task(service._revoked({partition}))
+        dropped = asyncio.create_task(service._drop({partition}))
+        await eventually(dropped.done, timeout=5, what="the second drop to return")
+        release.set()
+        await asyncio.wait_for(revoked, 5)
+        assert dropped.exception() is None
+        assert op_id not in service._ops and op_id not in service._running

@@ -155,7 +155,10 @@ class WorkerService:
         for op_id, tracked in list(self._ops.items()):
             if tracked.partition in partitions:
                 await self._stop_quietly(op_id)
-                del self._ops[op_id]
+                # While its work stopped, another drop (a revocation racing the consumer's
+                # stop) may have forgotten it already, or a new assignment tracked it anew.
+                if self._ops.get(op_id) is tracked:
+                    del self._ops[op_id]
         self._order.drop(partitions)
 
     async def _stop_quietly(self, op_id: str) -> None:
