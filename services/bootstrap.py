@@ -187,6 +187,9 @@ async def run_api(
             await _until_first_done(tasks, stop)
         finally:
             server.should_exit = True
+            # uvicorn stops taking requests and lets those in flight finish: only then do the
+            # stores close (closed under a request, they answered it with a 500).
+            await asyncio.wait([tasks[1]], timeout=DRAIN_S)
             await _cancel(tasks)
             await index_folded.close()
             await store.close()
@@ -417,6 +420,8 @@ async def _until_first_done(tasks: list[asyncio.Task], stop: asyncio.Event) -> N
 # A part that does not finish within this after its cancellation is left behind: shutting down
 # must end, and the CLI exits without waiting on what is left.
 CANCEL_GRACE_S = 10.0
+# How long a stopping API waits for the requests in flight (below `up`'s grace before a kill).
+DRAIN_S = 5.0
 
 
 async def _cancel(tasks: list[asyncio.Task]) -> None:

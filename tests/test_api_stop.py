@@ -1,0 +1,67 @@
+"""An API that is told to stop takes no new request but answers the ones in flight: their
+stores are closed only after they are answered (closed under a request, it got a 500)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from services import bootstrap
+from testkit.harness import Admin, Client, settings_for
+from testkit.waiting import eventually
+
+CANCEL = "pub.chive.admin.cancelBackfill"
+
+
+async def test_a_request_in_flight_when_the_api_stops_is_answered(tmp_path, plc):
+    admin = Admin()
+    settings = settings_for(tmp_path / "data", admin, plc.url)
+    stop = asyncio.Event()
+    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    async def on_ready(port: int) -> None:
+        ready.set_result(port)
+
+    async with bootstrap.open_log(settings) as event_log:
+        api = asyncio.create_task(bootstrap.run_api(settings, event_log, stop, on_ready))
+        port = await asyncio.wait_for(ready, 30)
+        client = Client(f"http://127.0.0.1:{port}", admin)
+        try:  # no worker runs: the operation stays running, and can be cancelled
+            op = await client.trigger(type="didSync", did="did:plc:inflight")
+        finally:
+            await client.close()
+        # A cancel reads the operation from the store the API closes when it stops.
+        body = json.dumps({"id": op["id"]}).encode()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            (
+                f"POST /xrpc/{CANCEL} HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+                f"authorization: Bearer {admin.token(CANCEL)}\r\n"
+                f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+            ).encode()
+            + body[:10]
+        )
+        await writer.drain()
+
+        async def refused() -> bool:
+            try:
+                _, probe = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                return True
+            probe.close()
+            return False
+
+        try:
+            # The request is in flight (its body half sent) when the API is told to stop; once
+            # it takes no new connection, the rest of the body arrives.
+            stop.set()
+            await eventually(refused, timeout=10, what="the API to stop taking connections")
+            writer.write(body[10:])
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(), 10)
+        finally:
+            writer.close()
+            await asyncio.wait_for(api, 30)
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), answer[:500]
+    assert json.loads(payload) == {"success": True}
