@@ -187,12 +187,16 @@ async def run_api(
             await _until_first_done(tasks, stop)
         finally:
             server.should_exit = True
-            # uvicorn stops taking requests and lets those in flight finish: only then do the
-            # stores close (closed under a request, they answered it with a 500).
-            await asyncio.wait([tasks[1]], timeout=DRAIN_S)
-            await _cancel(tasks)
-            await index_folded.close()
-            await store.close()
+            try:
+                # uvicorn stops taking requests and lets those in flight finish: only then do
+                # the stores close (closed under a request, they answered it with a 500).
+                await asyncio.wait([tasks[1]], timeout=DRAIN_S)
+            finally:
+                # Closed even when this part is cancelled while it drains (run_all cancels
+                # its parts as soon as it stops): a connection left open outlives the loop.
+                await _cancel(tasks)
+                await index_folded.close()
+                await store.close()
 
 
 # Worker types that read the record index; their process keeps its own replica of it.

@@ -65,3 +65,46 @@ async def test_a_request_in_flight_when_the_api_stops_is_answered(tmp_path, plc)
     head, _, payload = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200"), answer[:500]
     assert json.loads(payload) == {"success": True}
+
+
+async def test_an_api_cancelled_while_it_drains_still_closes_its_stores(tmp_path, plc):
+    # `run_all` cancels its parts as soon as it stops, which can land while the API waits for a
+    # request in flight: the API's stores close all the same (the autouse fixture of conftest
+    # fails any test that leaves an aiosqlite connection open).
+    admin = Admin()
+    settings = settings_for(tmp_path / "data", admin, plc.url)
+    stop = asyncio.Event()
+    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    async def on_ready(port: int) -> None:
+        ready.set_result(port)
+
+    async with bootstrap.open_log(settings) as event_log:
+        api = asyncio.create_task(bootstrap.run_api(settings, event_log, stop, on_ready))
+        port = await asyncio.wait_for(ready, 30)
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            (
+                f"POST /xrpc/{CANCEL} HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+                f"authorization: Bearer {admin.token(CANCEL)}\r\n"
+                "content-type: application/json\r\ncontent-length: 100\r\n\r\n{"
+            ).encode()
+        )
+        await writer.drain()
+        try:
+            stop.set()
+
+            async def refused() -> bool:
+                try:
+                    _, probe = await asyncio.open_connection("127.0.0.1", port)
+                except OSError:
+                    return True
+                probe.close()
+                return False
+
+            await eventually(refused, timeout=10, what="the API to start draining")
+            api.cancel()
+            done, _ = await asyncio.wait([api], timeout=30)
+            assert api in done and api.cancelled()
+        finally:
+            writer.close()
