@@ -88,32 +88,38 @@ class PublicKey:
     key: ec.EllipticCurvePublicKey
 
     def verify(self, signature: bytes, message: bytes) -> bool:
-        if self.curve is K256 and self.low_s(signature):
+        rs = self._low_s(signature)
+        if rs is None:
+            return False
+        if self.curve is K256:
             try:
                 return self._secp256k1.verify(
                     cdata_to_der(deserialize_compact(signature)), message, hasher=_sha256
                 )
             except ValueError:
                 return False
-        return self.verify_with_openssl(signature, message)
-
-    def low_s(self, signature: bytes) -> bool:
-        """A compact r||s in range, low-S: high-S signatures are malleable copies; the
-        reference verifier refuses them too."""
-        if len(signature) != 64:
-            return False
-        r = int.from_bytes(signature[:32], "big")
-        s = int.from_bytes(signature[32:], "big")
-        return 0 < r < self.curve.order and 0 < s <= self.curve.order // 2
+        return self._openssl(rs, message)
 
     def verify_with_openssl(self, signature: bytes, message: bytes) -> bool:
-        """The OpenSSL path: every curve but k256, and the reference k256 is tested against."""
-        if not self.low_s(signature):
-            return False
+        """OpenSSL for any curve: the path of every curve but k256, and the reference the
+        k256 path is tested against."""
+        rs = self._low_s(signature)
+        return rs is not None and self._openssl(rs, message)
+
+    def _low_s(self, signature: bytes) -> tuple[int, int] | None:
+        """(r, s) of a compact r||s in range and low-S, else None: high-S signatures are
+        malleable copies; the reference verifier refuses them too."""
+        if len(signature) != 64:
+            return None
         r = int.from_bytes(signature[:32], "big")
         s = int.from_bytes(signature[32:], "big")
+        if 0 < r < self.curve.order and 0 < s <= self.curve.order // 2:
+            return r, s
+        return None
+
+    def _openssl(self, rs: tuple[int, int], message: bytes) -> bool:
         try:
-            self.key.verify(encode_dss_signature(r, s), message, ec.ECDSA(hashes.SHA256()))
+            self.key.verify(encode_dss_signature(*rs), message, ec.ECDSA(hashes.SHA256()))
         except InvalidSignature:
             return False
         return True
