@@ -185,15 +185,13 @@ def decode_plain(block: bytes) -> Any:
     """DAG-CBOR to Python, in Rust and strict (canonical key order, no indefinite lengths, no
     tag but 42), several times faster than `decode`, with one loss: a link comes back as the
     CID's bytes, like a byte string. For blocks whose links the caller can tell by position
-    (tree nodes), or that hold none (`LINK_TAG` not in the block)."""
+    (tree nodes), or that turn out to hold no byte string at all (records, mostly)."""
     try:
         return libipld.decode_dag_cbor(block)
     except (ValueError, TypeError, RecursionError) as exc:
         raise CarError("a block is not valid DAG-CBOR") from exc
 
 
-# Tag 42 as DAG-CBOR writes it: a block without these bytes holds no link.
-LINK_TAG = b"\xd8\x2a"
 # A whole link as canonical DAG-CBOR writes it: tag 42, a 37-byte string, the identity
 # multibase; the 36 bytes of the CID follow.
 LINK_START = b"\xd8\x2a\x58\x25\x00"
