@@ -308,9 +308,6 @@ class OperationsStore(tracking.TrackedStore):
         """The operation, by its id or by the id of a request that duplicated it."""
         return await self.run(lambda conn: _get(conn, op_id))
 
-    async def find_running(self, dedupe_key: str) -> Operation | None:
-        return (await self.running_as_of(dedupe_key))[0]
-
     async def running_as_of(self, dedupe_key: str) -> tuple[Operation | None, dict[int, int]]:
         """(the running operation of `dedupe_key`, the positions folded into the state that
         answer comes from), read together: the newest, as `_running` orders them."""

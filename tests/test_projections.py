@@ -328,7 +328,7 @@ async def test_a_colocated_duplicate_request_names_the_running_operation(tmp_pat
         # the positions folded; the same once the store is opened afresh from its file.
         running, folded = await store.running_as_of("same")
         assert (running.id, folded) == ("c", {0: 6})
-        assert (await store.find_running("same")).id == "c"
+        assert (await store.running_as_of("same"))[0].id == "c"
         assert await store.running_as_of("other") == (None, {0: 6})
         await store.close()
         reopened = OperationsStore(store.path)
