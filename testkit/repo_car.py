@@ -58,14 +58,17 @@ def build_car(
         entries.append((k, cid))
     root = _tree(entries, blocks)
     unsigned = {"did": did, "version": 3, "data": root, "rev": rev, "prev": None}
-    signer = key or repo_key(did)
-    commit = {**unsigned, "sig": signer.sign(car.encode(unsigned))}
-    commit_block = car.encode(commit)
-    commit_cid = car.cid_for(commit_block)
-    blocks[commit_cid] = commit_block
+    commit_cid = signed_commit(blocks, unsigned, key or repo_key(did))
     if tamper is not None:
         commit_cid = tamper(blocks, commit_cid)
     return write_car([commit_cid], blocks)
+
+
+def signed_commit(blocks: Blocks, unsigned: dict[str, Any], key: keys.PrivateKey) -> Cid:
+    """The commit `unsigned` signed with `key`, added to `blocks`; its CID."""
+    block = car.encode({**unsigned, "sig": key.sign(car.encode(unsigned))})
+    blocks[car.cid_for(block)] = block
+    return car.cid_for(block)
 
 
 def write_car(roots: list[Cid], blocks: Blocks) -> bytes:

@@ -107,10 +107,8 @@ def _resign(did: str, data: bytes) -> bytes:
     roots, blocks = car.read_car(data)
     commit = car.decode(blocks.pop(roots[0]))
     unsigned = {k: v for k, v in commit.items() if k != "sig"}
-    forged = {**unsigned, "sig": keys.PrivateKey.generate().sign(car.encode(unsigned))}
-    block = car.encode(forged)
-    blocks[car.cid_for(block)] = block
-    return repo_car.write_car([car.cid_for(block)], blocks)
+    forged = repo_car.signed_commit(blocks, unsigned, keys.PrivateKey.generate())
+    return repo_car.write_car([forged], blocks)
 
 
 @pytest.mark.parametrize(

@@ -26,9 +26,7 @@ def signed_over(blocks: dict, commit: dict, node: bytes) -> car.Cid:
     account's key (so only the tree can be at fault); the new commit's CID."""
     blocks[car.cid_for(node)] = node
     unsigned = {**{k: v for k, v in commit.items() if k != "sig"}, "data": car.cid_for(node)}
-    signed = car.encode({**unsigned, "sig": KEY.sign(car.encode(unsigned))})
-    blocks[car.cid_for(signed)] = signed
-    return car.cid_for(signed)
+    return repo_car.signed_commit(blocks, unsigned, KEY)
 
 
 def test_a_repo_verifies_and_lists_every_record_in_key_order():
