@@ -404,6 +404,44 @@ async def test_unfinished_headers_are_cut_off(tmp_path, plc, monkeypatch):
         assert (await client.get(STATUS)).status_code == 200
 
 
+async def test_oversized_or_broken_requests_get_xrpc_errors(tmp_path, plc):
+    admin = Admin()
+    async with running_service(hostile_settings(tmp_path, admin, plc.url), admin) as client:
+        port = int(client.base_url.rsplit(":", 1)[1])
+
+        async def answer(request: bytes) -> tuple[int, dict]:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                writer.write(request)
+                await writer.drain()
+                raw = await asyncio.wait_for(reader.read(), 10)  # the server closes
+            finally:
+                writer.close()
+            head, _, body = raw.partition(b"\r\n\r\n")
+            return int(head.split()[1]), json.loads(body)
+
+        # Headers past 16 KiB, whether or not they would end later: 431, as Node answers.
+        padding = b"x-padding: " + b"y" * (http_server.MAX_HEADER_BYTES + 1) + b"\r\n"
+        status, body = await answer(b"GET /xrpc/_health HTTP/1.1\r\nHost: x\r\n" + padding)
+        assert (status, body["error"]) == (431, "InvalidRequest")
+        # The same after a first request on the connection was served.
+        first = b"GET /xrpc/_health HTTP/1.1\r\nHost: x\r\n\r\n"
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(first)
+            await writer.drain()
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+            writer.write(b"GET /xrpc/_health HTTP/1.1\r\nHost: x\r\n" + padding)
+            rest = await asyncio.wait_for(reader.read(), 10)
+            assert b"HTTP/1.1 431" in rest, rest[:200]
+        finally:
+            writer.close()
+        # Bytes that are not HTTP: 400 with an XRPC body, not uvicorn's plain text.
+        status, body = await answer(b"\x16\x03\x01 not http at all\r\n\r\n")
+        assert (status, body["error"]) == (400, "InvalidRequest")
+        assert (await client.get(STATUS)).status_code == 200
+
+
 async def test_a_trickled_body_is_refused(tmp_path, plc, monkeypatch):
     from services.api import xrpc
 

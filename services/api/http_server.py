@@ -1,8 +1,10 @@
-"""The API's HTTP server: uvicorn with the limits a public endpoint needs. A connection gets
+"""The API's HTTP server: uvicorn on httptools (llhttp, in C, where h11 parses in Python) with
+the limits a public endpoint needs. A connection gets
 a fixed time to send a request's headers (counted from when it opened or its last response
 ended, so trickling bytes does not extend it), idle keep-alive connections close quickly,
-headers are size-bounded, and past `max_connections` open connections a new one gets an XRPC
-503 `NotEnoughResources` and is closed."""
+headers are size-bounded (431, as Node's HTTP server answers past its 16 KiB), and past
+`max_connections` open connections a new one gets an XRPC 503 `NotEnoughResources` and is
+closed."""
 
 from __future__ import annotations
 
@@ -12,30 +14,42 @@ import socket
 
 import uvicorn
 from fastapi import FastAPI
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 HEADER_TIMEOUT_S = 10.0
 KEEP_ALIVE_S = 5
 MAX_HEADER_BYTES = 16 * 1024
 
 
-_OVERLOADED_BODY = json.dumps(
-    {"error": "NotEnoughResources", "message": "Too many connections; try again shortly"}
-).encode()
-_OVERLOADED = (
-    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
-    b"retry-after: 1\r\nconnection: close\r\n"
-    + f"content-length: {len(_OVERLOADED_BODY)}\r\n\r\n".encode()
-    + _OVERLOADED_BODY
+def _refusal(status: str, retry: bool, error: str, message: str) -> bytes:
+    body = json.dumps({"error": error, "message": message}).encode()
+    return (
+        f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\n".encode()
+        + (b"retry-after: 1\r\n" if retry else b"")
+        + f"connection: close\r\ncontent-length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+
+
+_OVERLOADED = _refusal(
+    "503 Service Unavailable", True, "NotEnoughResources", "Too many connections; try again shortly"
 )
+_HEADERS_TOO_LARGE = _refusal(
+    "431 Request Header Fields Too Large", False, "InvalidRequest", "Request headers too large"
+)
+_NOT_HTTP = _refusal("400 Bad Request", False, "InvalidRequest", "Invalid HTTP request received")
 
 
-class _GuardedH11(H11Protocol):
-    """uvicorn's h11 protocol, plus a deadline for each request's headers and a cap on open
-    connections."""
+class _Guarded(HttpToolsProtocol):
+    """uvicorn's httptools protocol, plus a deadline and a size cap for each request's headers
+    and a cap on open connections."""
 
     max_connections = 1000
     _deadline: asyncio.TimerHandle | None = None
+    # Whether the next bytes are a request's headers, and how many such bytes came (a body's
+    # tail in the same read counts too: a bound, not an exact size).
+    _in_headers = True
+    _header_bytes = 0
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
@@ -49,10 +63,32 @@ class _GuardedH11(H11Protocol):
         self._disarm()
         super().connection_lost(exc)
 
-    def handle_events(self) -> None:
-        super().handle_events()
-        if self.cycle is not None and not self.cycle.response_complete:
-            self._disarm()  # a request is being served: its headers arrived in time
+    def data_received(self, data: bytes) -> None:
+        if self._in_headers:
+            self._header_bytes += len(data)
+        super().data_received(data)
+        if self._in_headers and self._header_bytes > MAX_HEADER_BYTES:
+            # Still no end of headers, and more of them than any real client sends.
+            self._in_headers = False
+            self._disarm()
+            self.transport.write(_HEADERS_TOO_LARGE)
+            self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn answers bytes that are not HTTP in plain text; an XRPC client reads JSON.
+        del msg
+        self._in_headers = False
+        self.transport.write(_NOT_HTTP)
+        self.transport.close()
+
+    def on_headers_complete(self) -> None:
+        self._disarm()  # a request is being served: its headers arrived in time
+        self._in_headers, self._header_bytes = False, 0
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_headers = True
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -75,16 +111,16 @@ class _GuardedH11(H11Protocol):
 
 
 def server(app: FastAPI, max_connections: int) -> uvicorn.Server:
-    protocol = type("GuardedH11", (_GuardedH11,), {"max_connections": max_connections})
+    protocol = type("GuardedHttpTools", (_Guarded,), {"max_connections": max_connections})
     return uvicorn.Server(
         uvicorn.Config(
             app,
             http=protocol,
+            ws="none",
             lifespan="off",
             log_level="warning",
             access_log=False,
             timeout_keep_alive=KEEP_ALIVE_S,
-            h11_max_incomplete_event_size=MAX_HEADER_BYTES,
             server_header=False,
         )
     )
