@@ -41,6 +41,18 @@ async def test_unknown_method_is_501(service):
     assert_error(response, 501, "MethodNotImplemented")
 
 
+async def test_every_path_under_xrpc_answers_an_xrpc_error(service):
+    # Served ahead of FastAPI's routing (xrpc.XrpcPaths): the same answers its routes gave.
+    for path in ("/xrpc/", "/xrpc/a/b", f"/xrpc/{STATUS}/more"):
+        assert_error(await service.http.get(path), 501, "MethodNotImplemented")
+    assert_error(
+        await service.http.request("OPTIONS", f"/xrpc/{STATUS}"), 501, "MethodNotImplemented"
+    )
+    health = await service.http.get("/xrpc/_health")
+    assert (health.status_code, health.json()) == (200, {"version": "chive-backfill"})
+    assert_error(await service.http.get("/no/such/page"), 404, "NotFound")
+
+
 async def test_wrong_verb_is_400(service):
     assert_error(
         await service.http.get(f"/xrpc/{TRIGGER}", headers=service.auth(TRIGGER)),
