@@ -164,12 +164,18 @@ def rows() -> list[Row]:
         ),
         (
             "#13 ingest vs listRecords >= 2.5x (reference PDS)",
-            lambda f: f"{f['repo_sync']['reference_pds']['ratio']}x",
+            lambda f: (
+                f"{f['repo_sync']['reference_pds']['ratio']}x (the PDS's requests alone: "
+                f"{f['repo_sync']['reference_pds']['fetch_only_ratio']}x)"
+            ),
             lambda f: f["repo_sync"]["reference_pds"]["ratio"] >= 2.5,
         ),
         (
             "#13 ingest vs listRecords >= 10x with 50 ms per request",
-            lambda f: f"{f['repo_sync']['reference_pds_plus_50ms']['ratio']}x",
+            lambda f: (
+                f"{f['repo_sync']['reference_pds_plus_50ms']['ratio']}x (the PDS's requests "
+                f"alone: {f['repo_sync']['reference_pds_plus_50ms']['fetch_only_ratio']}x)"
+            ),
             lambda f: f["repo_sync"]["reference_pds_plus_50ms"]["ratio"] >= 10,
         ),
         (

@@ -20,6 +20,7 @@ class CuttableProxy:
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._serving: set[asyncio.Task] = set()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
         self.restore()
@@ -49,8 +50,20 @@ class CuttableProxy:
         for writer in list(self._writers):
             writer.transport.abort()
         self._writers.clear()
+        if self._serving:
+            # Their pipes end on the aborted connections: let them, before the loop may stop
+            # (a task still pending then is destroyed with a warning).
+            await asyncio.wait(list(self._serving), timeout=5)
 
     async def _serve(self, reader, writer) -> None:
+        task = asyncio.current_task()
+        self._serving.add(task)
+        try:
+            await self._pipe_both(reader, writer)
+        finally:
+            self._serving.discard(task)
+
+    async def _pipe_both(self, reader, writer) -> None:
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._target)
         except OSError:

@@ -47,6 +47,7 @@ async def test_repo_sync_bench(atproto):  # the reference servers are installed 
     figures = json.loads(out[: out.rindex("}") + 1])
     assert figures["unchanged_freshness"]["requests_to_pds"] == 1
     assert figures["reference_pds"]["records"] == 200
+    assert figures["reference_pds"]["fetch_only_ratio"] > 0
     assert "overhead" in figures["verification"]
 
 
