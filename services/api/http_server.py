@@ -1,10 +1,9 @@
 """The API's HTTP server: uvicorn on httptools (llhttp, in C, where h11 parses in Python) with
-the limits a public endpoint needs. A connection gets
-a fixed time to send a request's headers (counted from when it opened or its last response
-ended, so trickling bytes does not extend it), idle keep-alive connections close quickly,
-headers are size-bounded (431, as Node's HTTP server answers past its 16 KiB), and past
-`max_connections` open connections a new one gets an XRPC 503 `NotEnoughResources` and is
-closed."""
+the limits a public endpoint needs. A connection gets a fixed time to send a request's headers
+(counted from when it opened or its last response ended, so trickling bytes does not extend
+it), idle keep-alive connections close quickly, headers are size-bounded (431, as Node's HTTP
+server answers past its 16 KiB), and past `max_connections` open connections a new one gets an
+XRPC 503 `NotEnoughResources` and is closed."""
 
 from __future__ import annotations
 

@@ -146,7 +146,6 @@ async def _read_json(request: Request) -> Any:
 
 # The verbs routed to a method (others are not implemented there, as an unknown method).
 ROUTED = frozenset({"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"})
-_HEALTH = JSONResponse({"version": "chive-backfill"})
 
 
 class XrpcPaths:
@@ -165,7 +164,7 @@ class XrpcPaths:
             return
         nsid, method = path[len("/xrpc/") :], scope["method"]
         if nsid == "_health" and method == "GET":
-            response: Response = _HEALTH
+            response: Response = JSONResponse({"version": "chive-backfill"})
         elif not nsid or "/" in nsid or method not in ROUTED:
             response = error_response(501, "MethodNotImplemented", "Method Not Implemented")
         else:
