@@ -30,6 +30,7 @@ from services.workers.xrpc_client import RetryPolicy, SourceUnavailable, XrpcCli
 from testkit.documents import paper_pdf
 from testkit.harness import SERVICE_DID, Admin, running_service, settings_for
 from testkit.hostile_servers import HostileServer, Reply, gzip_bomb
+from testkit.servers import LoopbackServer
 from testkit.waiting import eventually
 
 STATUS = "pub.chive.admin.getBackfillStatus"
@@ -608,6 +609,32 @@ async def test_connections_past_the_cap_get_an_xrpc_503(tmp_path, plc):
                 return (await fresh.get(f"{client.base_url}/xrpc/_health")).status_code == 200
 
         await eventually(served, what="service again once the idle connections closed")
+
+
+async def test_fetches_beyond_the_connections_wait_for_one_without_failing():
+    """A burst of fetches (hundreds of operations starting at once, each resolving a DID)
+    waits its turn for a connection; only the time a fetch spends on its source counts
+    against its deadline. Before: the waits counted, and a burst failed as "unreachable"
+    (TimeoutError here, PoolTimeout with hundreds waiting in httpcore's pool)."""
+    from starlette.responses import JSONResponse
+
+    async def slow(scope, receive, send) -> None:
+        await asyncio.sleep(0.05)
+        await JSONResponse({"ok": True})(scope, receive, send)
+
+    server = LoopbackServer(slow).start()
+    try:
+        async with outbound.Fetcher(LOOPBACK_OK, max_connections=4) as fetcher:
+
+            async def one(i: int) -> int:
+                fetched = await fetcher.fetch(f"{server.url}/{i}", max_bytes=1000, deadline_s=1.0)
+                return fetched.status
+
+            # 120 answers of 50 ms, 4 at a time: about 1.5 s in all, each fetch 50 ms of it.
+            statuses = await asyncio.gather(*(one(i) for i in range(120)))
+        assert statuses == [200] * 120
+    finally:
+        server.stop()
 
 
 async def test_the_did_cache_is_bounded_in_bytes(monkeypatch, unique):
