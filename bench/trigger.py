@@ -180,7 +180,9 @@ async def service(kind: str, n: int, scan_records: int, kafka: str | None) -> di
             "scan_records": scan_records,
             "scans": len(finals),
             "scans_completed": sum(op["status"] == "completed" for op in finals),
-            "scan_errors": [op.get("error") for op in finals if op["status"] != "completed"],
+            "scan_errors": [
+                f"{op['status']}: {op.get('error')}" for op in finals if op["status"] != "completed"
+            ],
         },
     }
 
@@ -215,6 +217,7 @@ async def main() -> None:
             f"{CLIENTS} clients ({f['per_s_32_clients'] / bare['per_s_32_clients']:.0%} of bare); "
             f"during a {d['scan_records']}-record pdsScan p50 {d['p50_ms']} ms p99 {d['p99_ms']} ms"
             f" ({d['scans']} scans, {d['scans_completed']} completed)"
+            + (f"; not completed: {d['scan_errors']}" if d["scan_errors"] else "")
         )
 
 
