@@ -262,9 +262,7 @@ async def run_workers(
             governance_did=settings.governance_did,
             index=index,
             reindexer=projector.reindexer if projector else None,
-            grobid=Grobid(fetcher.http, settings.grobid_url, policy)
-            if settings.grobid_url
-            else None,
+            grobid=Grobid(fetcher, settings.grobid_url, policy) if settings.grobid_url else None,
             pdf=pdf,
             limits=Limits.of(settings),
         )

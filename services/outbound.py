@@ -194,6 +194,11 @@ class Fetcher:
             headers={"accept-encoding": "gzip, deflate"},
         )
 
+    def connection(self) -> asyncio.Semaphore:
+        """Held around a request made with `http` directly (GROBID's uploads): it counts
+        against the same `max_connections` as the fetches."""
+        return self._connections
+
     async def __aenter__(self) -> Fetcher:
         return self
 

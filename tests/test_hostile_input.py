@@ -637,6 +637,35 @@ async def test_fetches_beyond_the_connections_wait_for_one_without_failing():
         server.stop()
 
 
+async def test_grobid_requests_count_against_the_same_connections():
+    import threading
+
+    from starlette.responses import PlainTextResponse
+
+    from services.workers.grobid import Grobid
+
+    received, gate = threading.Event(), threading.Event()
+
+    async def alive(scope, receive, send) -> None:
+        received.set()
+        await asyncio.to_thread(gate.wait, 10)
+        await PlainTextResponse("true")(scope, receive, send)
+
+    server = LoopbackServer(alive).start()
+    try:
+        async with outbound.Fetcher(LOOPBACK_OK, max_connections=1) as fetcher:
+            call = asyncio.create_task(Grobid(fetcher, server.url, RetryPolicy()).check_alive())
+            await eventually(received.is_set, what="GROBID's request to arrive")
+            # In flight, it holds the one connection a fetch would need.
+            assert fetcher.connection().locked()
+            gate.set()
+            await call
+            assert not fetcher.connection().locked()
+    finally:
+        gate.set()
+        server.stop()
+
+
 async def test_the_did_cache_is_bounded_in_bytes(monkeypatch, unique):
     from services.atproto import identity
 

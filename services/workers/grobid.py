@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import httpx
 
+from services.outbound import Fetcher
 from services.workers.xrpc_client import Retry, RetryPolicy, SourceUnavailable, request, retrying
 
 
@@ -22,8 +23,8 @@ class GrobidRejected(ValueError):
 
 
 class Grobid:
-    def __init__(self, http: httpx.AsyncClient, url: str, policy: RetryPolicy) -> None:
-        self._http = http
+    def __init__(self, fetcher: Fetcher, url: str, policy: RetryPolicy) -> None:
+        self._fetcher = fetcher
         self.url = url.rstrip("/")
         self._policy = policy
 
@@ -44,7 +45,10 @@ class Grobid:
 
     async def _call(self, method: str, path: str, **kwargs) -> httpx.Response:
         async def attempt() -> httpx.Response:
-            response = await request(self._http.request(method, url, timeout=timeout, **kwargs))
+            async with self._fetcher.connection():
+                response = await request(
+                    self._fetcher.http.request(method, url, timeout=timeout, **kwargs)
+                )
             if response.status_code in (200, 204):
                 return response
             if response.status_code in (400, 500):
