@@ -220,26 +220,16 @@ class Fetcher:
         counts the time `into` takes."""
         self.policy.check_url(url)
         async with self._connections:
-            return await self._fetch(url, params, max_bytes, deadline_s, into)
-
-    async def _fetch(
-        self,
-        url: str,
-        params: dict | None,
-        max_bytes: int,
-        deadline_s: float,
-        into: Callable[[bytes], None] | None,
-    ) -> Fetched:
-        try:
-            async with asyncio.timeout(deadline_s):
-                async with self.http.stream("GET", url, params=params) as response:
-                    sink = into if response.status_code == 200 else None
-                    body = await read_capped(response, max_bytes, sink)
-                    return Fetched(response.status_code, response.headers, body)
-        except httpx.ConnectError as exc:
-            if isinstance(exc.__cause__, _Refused):
-                raise FetchRefused(str(exc)) from None
-            raise
+            try:
+                async with asyncio.timeout(deadline_s):
+                    async with self.http.stream("GET", url, params=params) as response:
+                        sink = into if response.status_code == 200 else None
+                        body = await read_capped(response, max_bytes, sink)
+                        return Fetched(response.status_code, response.headers, body)
+            except httpx.ConnectError as exc:
+                if isinstance(exc.__cause__, _Refused):
+                    raise FetchRefused(str(exc)) from None
+                raise
 
 
 @dataclass
