@@ -67,8 +67,9 @@ def build_car(
 def signed_commit(blocks: Blocks, unsigned: dict[str, Any], key: keys.PrivateKey) -> Cid:
     """The commit `unsigned` signed with `key`, added to `blocks`; its CID."""
     block = car.encode({**unsigned, "sig": key.sign(car.encode(unsigned))})
-    blocks[car.cid_for(block)] = block
-    return car.cid_for(block)
+    cid = car.cid_for(block)
+    blocks[cid] = block
+    return cid
 
 
 def write_car(roots: list[Cid], blocks: Blocks) -> bytes:
